@@ -1,0 +1,4 @@
+"""Shared foundations of stillroom: settings, wire protocol, tables, store, metrics, errors.
+
+Nothing in here imports another stillroom package.
+"""

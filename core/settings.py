@@ -1,0 +1,211 @@
+"""The one settings class: ``STILLROOM_*`` environment variables over an optional TOML file.
+
+Precedence, highest first: values passed in code (the CLI's flags), environment, the TOML
+file (``--config FILE`` or ``STILLROOM_CONFIG``), the defaults below.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from core.errors import ConfigurationError
+
+
+class ModelPrice(BaseModel):
+    """What one model costs, in USD per million tokens."""
+
+    input: float = Field(ge=0, description="USD per million input (prompt) tokens")
+    output: float = Field(ge=0, description="USD per million output (completion) tokens")
+    cached_input: float | None = Field(
+        default=None, ge=0, description="USD per million cached prompt tokens, if cheaper"
+    )
+
+    def cost(self, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> float:
+        """USD for one exchange with these token counts."""
+        cached = min(cached_tokens, prompt_tokens) if self.cached_input is not None else 0
+        cached_rate = self.cached_input if self.cached_input is not None else self.input
+        return (
+            (prompt_tokens - cached) * self.input
+            + cached * cached_rate
+            + completion_tokens * self.output
+        ) / 1_000_000
+
+
+# List prices of the OpenAI models teams most often distil from (USD per million tokens).
+# Override or extend with STILLROOM_PRICES or a [prices] table in the config file.
+DEFAULT_PRICES: dict[str, ModelPrice] = {
+    "gpt-4o": ModelPrice(input=2.50, output=10.00, cached_input=1.25),
+    "gpt-4o-mini": ModelPrice(input=0.15, output=0.60, cached_input=0.075),
+    "gpt-4.1": ModelPrice(input=2.00, output=8.00, cached_input=0.50),
+    "gpt-4.1-mini": ModelPrice(input=0.40, output=1.60, cached_input=0.10),
+    "gpt-4.1-nano": ModelPrice(input=0.10, output=0.40, cached_input=0.025),
+    "gpt-5": ModelPrice(input=1.25, output=10.00, cached_input=0.125),
+    "gpt-5-mini": ModelPrice(input=0.25, output=2.00, cached_input=0.025),
+    "gpt-5-nano": ModelPrice(input=0.05, output=0.40, cached_input=0.005),
+}
+
+
+class Settings(BaseSettings):
+    """Everything stillroom can be told. Each field is also ``STILLROOM_<NAME>``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="STILLROOM_", extra="forbid", validate_default=True
+    )
+
+    teacher_url: str = Field(
+        default="https://api.openai.com/v1",
+        description="Teacher base URL, ending in /v1 (OpenAI or any compatible API).",
+    )
+    teacher_api_key: SecretStr | None = Field(
+        default=None,
+        description="Teacher key held by the server. Unset: each client's own key is passed on.",
+    )
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated keys clients must present when the server holds the "
+        "teacher key.",
+    )
+    admin_token: SecretStr | None = Field(
+        default=None,
+        description="Bearer token for /admin/*. Unset: admin answers only on a loopback bind.",
+    )
+    database_url: str = Field(
+        default="sqlite:///./stillroom.db",
+        description="SQLAlchemy URL of the store: a SQLite file (WAL) or postgresql://...",
+    )
+    data_dir: Path = Field(
+        default=Path("./stillroom-data"),
+        description="Adapters, converted base models and capture spill files.",
+    )
+    student_backend: Literal["embedded", "vllm"] = Field(
+        default="embedded", description="Student server kind: embedded or vllm."
+    )
+    student_url: str | None = Field(
+        default=None,
+        description="Student server base URL (vLLM or `stillroom student`); "
+        "embedded in `serve` when unset.",
+    )
+    base_model: str | None = Field(
+        default=None,
+        description="Student base model: Hugging Face id or local path. "
+        "Unset: the bundled SmolLM2-135M-Instruct.",
+    )
+    host: str = Field(default="127.0.0.1", description="Address the proxy listens on.")
+    port: int = Field(default=8000, ge=0, le=65535, description="Port the proxy listens on.")
+    teacher_connect_timeout: float = Field(
+        default=10.0, gt=0, description="Seconds to open a connection to the teacher."
+    )
+    teacher_read_timeout: float = Field(
+        default=600.0,
+        gt=0,
+        description="Seconds the teacher may stay silent (between stream chunks, or "
+        "before a whole answer).",
+    )
+    teacher_max_connections: int = Field(
+        default=1000, ge=1, description="Pooled connections to the teacher, at most."
+    )
+    max_body_bytes: int = Field(
+        default=32 * 1024 * 1024,
+        ge=1024,
+        description="Largest chat completion request body accepted (413 above).",
+    )
+    capture: bool = Field(default=True, description="Store every exchange.")
+    capture_queue_size: int = Field(
+        default=10_000,
+        ge=1,
+        description="Exchanges held in memory for the store; beyond it they spill to disk.",
+    )
+    capture_batch_size: int = Field(
+        default=256, ge=1, description="Exchanges written to the store in one transaction."
+    )
+    capture_flush_seconds: float = Field(
+        default=0.25, gt=0, description="Longest wait before a partial batch is written."
+    )
+    capture_retry_seconds: float = Field(
+        default=2.0, gt=0, description="Wait between tries while the store is unreachable."
+    )
+    stream_usage: bool = Field(
+        default=True,
+        description="Ask the teacher for token usage on streams whose client did not, "
+        "and strip it before the client sees it.",
+    )
+    prices: dict[str, ModelPrice] = Field(
+        default_factory=lambda: dict(DEFAULT_PRICES),
+        description="USD per million tokens by teacher model (longest prefix matches).",
+    )
+    student_price: ModelPrice = Field(
+        default_factory=lambda: ModelPrice(input=0.01, output=0.01),
+        description="What a student answer costs to serve, in USD per million tokens.",
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        default="info", description="Log level."
+    )
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [key.strip() for key in value.split(",") if key.strip()]
+        return value
+
+    @field_validator("teacher_url", "student_url")
+    @classmethod
+    def _strip_slash(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not value.startswith(("http://", "https://")):
+            raise ValueError(f"must be an http:// or https:// URL, got {value!r}")
+        return value.rstrip("/")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
+
+    def price_of(self, model: str | None) -> ModelPrice | None:
+        """The price of a teacher model: an exact entry, else the longest matching prefix
+        (``gpt-4o-mini-2024-07-18`` is priced as ``gpt-4o-mini``)."""
+        if not model:
+            return None
+        if model in self.prices:
+            return self.prices[model]
+        prefixes = [name for name in self.prices if model.startswith(name)]
+        return self.prices[max(prefixes, key=len)] if prefixes else None
+
+    @property
+    def is_loopback(self) -> bool:
+        return self.host in {"127.0.0.1", "::1", "localhost"}
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Settings from the environment, the TOML file (argument, else ``STILLROOM_CONFIG``)
+    and ``overrides`` (highest precedence; ``None`` values are ignored)."""
+    if config_file is None and os.environ.get("STILLROOM_CONFIG"):
+        config_file = Path(os.environ["STILLROOM_CONFIG"])
+    values = {key: value for key, value in overrides.items() if value is not None}
+    if config_file is None:
+        return Settings(**values)
+    if not config_file.is_file():
+        raise ConfigurationError(f"configuration file not found: {config_file}")
+
+    class FileSettings(Settings):
+        model_config = SettingsConfigDict(toml_file=config_file)
+
+    return FileSettings(**values)

@@ -1,0 +1,152 @@
+"""The store: engine creation and the functions that read and write its tables.
+
+Functions take keyword-only arguments and a ``Session`` or ``Engine``; they are
+synchronous (SQLAlchemy's), so async callers run them in a worker thread.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Engine, make_url
+from sqlmodel import Session, SQLModel, col, func, select
+
+from core.errors import ConfigurationError
+from core.tables import Exchange, ExchangeCreate, Task
+
+# Taken while creating tables so that replicas starting together do not race on DDL.
+_SCHEMA_LOCK_ID = 0x5714_1200
+
+
+def normalise_database_url(url: str) -> str:
+    """Accept the URLs users paste (``postgres://``, ``postgresql://``) and use psycopg 3."""
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
+def create_store_engine(url: str, *, connect_timeout: float = 5.0) -> Engine:
+    """An engine for SQLite (WAL, created if missing) or Postgres (psycopg 3)."""
+    url = normalise_database_url(url)
+    try:
+        parsed = make_url(url)
+    except sa.exc.ArgumentError as exc:
+        raise ConfigurationError(f"invalid database URL {url!r}: {exc}") from exc
+    if parsed.get_backend_name() == "sqlite":
+        return _sqlite_engine(url, parsed.database, connect_timeout)
+    if parsed.get_backend_name() == "postgresql":
+        return sa.create_engine(
+            url,
+            pool_pre_ping=True,
+            pool_size=5,
+            max_overflow=5,
+            connect_args={"connect_timeout": max(1, round(connect_timeout))},
+        )
+    raise ConfigurationError(
+        f"unsupported database {parsed.get_backend_name()!r}: use sqlite:/// or postgresql://"
+    )
+
+
+def _sqlite_engine(url: str, database: str | None, timeout: float) -> Engine:
+    if database and database != ":memory:":
+        Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    engine = sa.create_engine(url, connect_args={"check_same_thread": False, "timeout": timeout})
+
+    @sa.event.listens_for(engine, "connect")
+    def _pragmas(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
+        cursor.close()
+
+    return engine
+
+
+def create_tables(engine: Engine) -> None:
+    """Create missing tables; safe to call from several processes at once."""
+    with engine.begin() as connection:
+        if engine.dialect.name == "postgresql":
+            connection.execute(
+                sa.text("SELECT pg_advisory_xact_lock(:id)"), {"id": _SCHEMA_LOCK_ID}
+            )
+        SQLModel.metadata.create_all(connection)
+
+
+def ping(engine: Engine) -> None:
+    """Raise unless the store answers a query."""
+    with engine.connect() as connection:
+        connection.execute(sa.text("SELECT 1"))
+
+
+def _insert(engine: Engine, table: Any) -> Any:
+    dialect = postgresql if engine.dialect.name == "postgresql" else sqlite
+    return dialect.insert(table)
+
+
+def insert_exchanges(*, engine: Engine, exchanges: Sequence[ExchangeCreate]) -> None:
+    """Write exchanges, and the tasks they name, in one transaction.
+
+    Idempotent: an exchange already stored (same id) is skipped, so a batch retried after
+    an unclear failure never lands twice.
+    """
+    if not exchanges:
+        return
+    tasks: dict[str, dict[str, Any]] = {}
+    for exchange in exchanges:
+        tasks.setdefault(
+            exchange.task,
+            {
+                "name": exchange.task,
+                "created_at": exchange.created_at,
+                "derived": exchange.task_derived,
+                "teacher_model": exchange.model,
+                "mode": "off",
+                "cutover_percent": 0.0,
+            },
+        )
+    with engine.begin() as connection:
+        connection.execute(
+            _insert(engine, Task).values(list(tasks.values())).on_conflict_do_nothing()
+        )
+        connection.execute(
+            _insert(engine, Exchange)
+            .values([exchange.row() for exchange in exchanges])
+            .on_conflict_do_nothing()
+        )
+
+
+def get_task(*, session: Session, name: str) -> Task | None:
+    return session.get(Task, name)
+
+
+def list_tasks(*, session: Session) -> Sequence[Task]:
+    return session.exec(select(Task).order_by(col(Task.name))).all()
+
+
+def list_exchanges(
+    *, session: Session, task: str | None = None, limit: int | None = None
+) -> Sequence[Exchange]:
+    """Exchanges, oldest first, optionally of one task."""
+    query = select(Exchange).order_by(col(Exchange.created_at), col(Exchange.id))
+    if task is not None:
+        query = query.where(Exchange.task == task)
+    if limit is not None:
+        query = query.limit(limit)
+    return session.exec(query).all()
+
+
+def count_exchanges(
+    *, session: Session, task: str | None = None, statuses: Iterable[str] | None = None
+) -> int:
+    query = select(func.count()).select_from(Exchange)
+    if task is not None:
+        query = query.where(Exchange.task == task)
+    if statuses is not None:
+        query = query.where(col(Exchange.status).in_(list(statuses)))
+    return session.exec(query).one()

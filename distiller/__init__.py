@@ -1,0 +1,1 @@
+"""Curation, training, evaluation and publishing of student versions. Imports core."""

@@ -1,0 +1,1 @@
+"""The stillroom proxy: OpenAI endpoints, capture, operations endpoints and the CLI."""

@@ -1,0 +1,104 @@
+"""``create_app(settings)``: the proxy, assembled. Nothing happens at import time."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import httpx
+import sqlalchemy as sa
+from fastapi import FastAPI
+from prometheus_client import CollectorRegistry
+
+from core.metrics import Metrics
+from core.settings import Settings, load_settings
+from core.store import create_store_engine, create_tables
+from proxy import ops, routes
+from proxy.capture import CaptureWriter
+from proxy.errors import install_error_handlers
+from proxy.runtime import Runtime
+from proxy.teacher import Teacher, create_teacher_http_client
+
+log = logging.getLogger("stillroom.proxy")
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    teacher_transport: httpx.AsyncBaseTransport | None = None,
+    registry: CollectorRegistry | None = None,
+) -> FastAPI:
+    """The proxy app. Its lifespan owns the teacher client, the store engine and the
+    capture writer. ``teacher_transport`` and ``registry`` let tests inject their own."""
+    settings = settings if settings is not None else load_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        runtime = await _start(settings, teacher_transport, registry)
+        app.state.runtime = runtime
+        try:
+            yield
+        finally:
+            await _stop(runtime)
+
+    app = FastAPI(
+        title="stillroom",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+    )
+    install_error_handlers(app)
+    app.include_router(ops.router)
+    app.include_router(routes.router)
+    return app
+
+
+def create_app_from_environment() -> FastAPI:
+    """Factory for ``uvicorn --factory`` (several workers): settings from the environment."""
+    return create_app(load_settings())
+
+
+async def _start(
+    settings: Settings,
+    teacher_transport: httpx.AsyncBaseTransport | None,
+    registry: CollectorRegistry | None,
+) -> Runtime:
+    metrics = Metrics(registry)
+    engine = create_store_engine(settings.database_url)
+    try:
+        await asyncio.to_thread(create_tables, engine)
+    except sa.exc.OperationalError as exc:
+        # Serve anyway: capture spills to disk and writes once the store is back.
+        log.error("store unreachable at start-up; exchanges will spill to disk: %s", exc.orig)
+    http_client = create_teacher_http_client(settings, teacher_transport)
+    capture = None
+    if settings.capture:
+        capture = CaptureWriter(
+            engine=engine,
+            spill_dir=settings.data_dir / "spill",
+            metrics=metrics,
+            queue_size=settings.capture_queue_size,
+            batch_size=settings.capture_batch_size,
+            flush_seconds=settings.capture_flush_seconds,
+            retry_seconds=settings.capture_retry_seconds,
+        )
+        await capture.start()
+    teacher = Teacher(base_url=settings.teacher_url, client=http_client, metrics=metrics)
+    return Runtime(
+        settings=settings,
+        metrics=metrics,
+        engine=engine,
+        http_client=http_client,
+        teacher=teacher,
+        capture=capture,
+    )
+
+
+async def _stop(runtime: Runtime) -> None:
+    if runtime.capture is not None:
+        await runtime.capture.close()
+    await runtime.http_client.aclose()
+    runtime.engine.dispose()

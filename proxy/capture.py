@@ -1,0 +1,228 @@
+"""The capture writer: exchanges go from the request path to the store in batches.
+
+``submit`` never blocks and never fails. Exchanges wait in a bounded in-memory queue; a
+background task writes them in batches. While the store is unreachable (or the queue is
+full) they are appended to a spill file in the data folder, and replayed once the store
+answers again; spill files left by a crashed process are replayed on the next start.
+Writes are idempotent (exchange ids are unique), so a replay never duplicates a row. Rows
+the store refuses as data are kept in a ``rejected`` file, counted, and not retried.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from core.metrics import Metrics
+from core.store import create_tables, insert_exchanges
+from core.tables import ExchangeCreate
+
+log = logging.getLogger("stillroom.capture")
+
+
+class CaptureWriter:
+    """Batches exchanges into the store, spilling to disk while it is away."""
+
+    def __init__(
+        self,
+        *,
+        engine: Engine,
+        spill_dir: Path,
+        metrics: Metrics,
+        queue_size: int = 10_000,
+        batch_size: int = 256,
+        flush_seconds: float = 0.25,
+        retry_seconds: float = 2.0,
+    ) -> None:
+        self.engine = engine
+        self.spill_dir = spill_dir
+        self.metrics = metrics
+        self.batch_size = batch_size
+        self.flush_seconds = flush_seconds
+        self.retry_seconds = retry_seconds
+        self._queue: asyncio.Queue[ExchangeCreate] = asyncio.Queue(maxsize=queue_size)
+        self._spill_path = spill_dir / f"exchanges-{os.getpid()}-{uuid.uuid4().hex[:8]}.jsonl"
+        self._rejected_path = spill_dir / "rejected.jsonl"
+        self._retry_at = 0.0  # monotonic time before which the store is presumed down
+        self._schema_ready = False
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def store_up(self) -> bool:
+        return time.monotonic() >= self._retry_at
+
+    def submit(self, exchange: ExchangeCreate) -> None:
+        """Queue an exchange for the store. Never blocks; spills when the queue is full."""
+        try:
+            self._queue.put_nowait(exchange)
+        except asyncio.QueueFull:
+            self._spill([exchange])
+        self.metrics.capture_queue_depth.set(self._queue.qsize())
+
+    async def start(self) -> None:
+        self.spill_dir.mkdir(parents=True, exist_ok=True)
+        self._task = asyncio.create_task(self._run(), name="stillroom-capture-writer")
+
+    async def close(self, drain_seconds: float = 10.0) -> None:
+        """Stop the background task and write (or spill) everything still queued."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        batch = self._take_queued(self._queue.qsize())
+        if not batch:
+            return
+        try:
+            await asyncio.wait_for(asyncio.to_thread(self._write_or_spill, batch), drain_seconds)
+        except TimeoutError:
+            self._spill(batch)
+
+    async def flush(self) -> None:
+        """Wait until everything submitted so far has been written or spilled."""
+        await self._queue.join()
+
+    async def _run(self) -> None:
+        await asyncio.to_thread(self._replay_spills)
+        while True:
+            batch = await self._next_batch()
+            try:
+                if batch:
+                    await asyncio.to_thread(self._write_or_spill, batch)
+                if self.store_up and self._spill_files():
+                    await asyncio.to_thread(self._replay_spills)
+            except Exception:  # the writer must outlive any single failure
+                log.exception("capture writer failed on a batch; it was spilled")
+                self._spill(batch)
+            finally:
+                for _ in batch:
+                    self._queue.task_done()
+                self.metrics.capture_queue_depth.set(self._queue.qsize())
+
+    async def _next_batch(self) -> list[ExchangeCreate]:
+        """Up to ``batch_size`` exchanges, waiting at most ``flush_seconds`` after the first
+        (or ``retry_seconds`` for nothing, so spills are retried on a quiet proxy)."""
+        try:
+            first = await asyncio.wait_for(self._queue.get(), self.retry_seconds)
+        except TimeoutError:
+            return []
+        batch = [first]
+        deadline = time.monotonic() + self.flush_seconds
+        while len(batch) < self.batch_size:
+            batch.extend(self._take_queued(self.batch_size - len(batch), done=False))
+            remaining = deadline - time.monotonic()
+            if len(batch) >= self.batch_size or remaining <= 0:
+                break
+            try:
+                batch.append(await asyncio.wait_for(self._queue.get(), remaining))
+            except TimeoutError:
+                break
+        return batch
+
+    def _take_queued(self, limit: int, *, done: bool = True) -> list[ExchangeCreate]:
+        taken: list[ExchangeCreate] = []
+        while len(taken) < limit:
+            try:
+                taken.append(self._queue.get_nowait())
+            except asyncio.QueueEmpty:
+                break
+            if done:
+                self._queue.task_done()
+        return taken
+
+    # Everything below runs in a worker thread.
+
+    def _write_or_spill(self, batch: Sequence[ExchangeCreate]) -> None:
+        if not self.store_up:
+            self._spill(batch)
+            return
+        try:
+            self._write(batch)
+        except sa.exc.OperationalError as exc:
+            log.warning("store unreachable, spilling %d exchanges: %s", len(batch), exc.orig)
+            self._retry_at = time.monotonic() + self.retry_seconds
+            self.metrics.store_up.set(0)
+            self._spill(batch)
+
+    def _write(self, batch: Sequence[ExchangeCreate]) -> None:
+        """Insert a batch; if the store refuses it as data, find and set aside the rows
+        it refuses, one by one, and keep the rest."""
+        if not self._schema_ready:
+            create_tables(self.engine)  # the store may have been down at start-up
+            self._schema_ready = True
+        try:
+            insert_exchanges(engine=self.engine, exchanges=batch)
+        except sa.exc.OperationalError:
+            raise
+        except sa.exc.DBAPIError:
+            if len(batch) == 1:
+                self._reject(batch[0])
+                return
+            for exchange in batch:
+                self._write([exchange])
+            return
+        self.metrics.capture_written.inc(len(batch))
+        self.metrics.store_up.set(1)
+
+    def _reject(self, exchange: ExchangeCreate) -> None:
+        log.error("store refused exchange %s; kept in %s", exchange.id, self._rejected_path)
+        with self._rejected_path.open("ab") as file:
+            file.write(exchange.model_dump_json().encode() + b"\n")
+        self.metrics.capture_rejected.inc()
+
+    def _spill(self, batch: Sequence[ExchangeCreate]) -> None:
+        if not batch:
+            return
+        self.spill_dir.mkdir(parents=True, exist_ok=True)
+        with self._spill_path.open("ab") as file:
+            file.write(b"".join(e.model_dump_json().encode() + b"\n" for e in batch))
+        self.metrics.capture_spilled.inc(len(batch))
+
+    def _spill_files(self) -> list[Path]:
+        """Spill files of this process and of processes that are gone."""
+        files = []
+        for path in sorted(self.spill_dir.glob("exchanges-*.jsonl*")):
+            pid = int(path.name.split("-")[1])
+            if pid == os.getpid() or not _alive(pid):
+                files.append(path)
+        return files
+
+    def _replay_spills(self) -> None:
+        """Write spilled exchanges to the store, file by file; a file is removed only
+        once all of it is stored."""
+        for path in self._spill_files():
+            if not path.name.endswith(".replaying"):
+                # New spills go to a fresh file while this one is replayed.
+                claimed = path.with_name(path.name + ".replaying")
+                path.rename(claimed)
+                path = claimed
+            lines = path.read_bytes().splitlines()
+            exchanges = [ExchangeCreate.model_validate_json(line) for line in lines if line]
+            for start in range(0, len(exchanges), self.batch_size):
+                try:
+                    self._write(exchanges[start : start + self.batch_size])
+                except sa.exc.OperationalError:
+                    self._retry_at = time.monotonic() + self.retry_seconds
+                    self.metrics.store_up.set(0)
+                    return
+            path.unlink()
+            log.info("replayed %d spilled exchanges from %s", len(exchanges), path.name)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -1,0 +1,65 @@
+"""Operations endpoints: liveness, readiness, Prometheus metrics."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.responses import Response
+
+from core.store import ping
+from proxy.deps import RuntimeDep
+
+router = APIRouter(include_in_schema=False)
+
+_READY_TIMEOUT = 5.0
+
+
+@router.get("/healthz")
+async def healthz() -> dict[str, str]:
+    """Alive: the process answers."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz")
+async def readyz(runtime: RuntimeDep) -> JSONResponse:
+    """Ready: the store answers a query and the teacher answers HTTP (any status)."""
+    store, teacher = await asyncio.gather(_check_store(runtime), _check_teacher(runtime))
+    ready = store == "ok" and teacher == "ok"
+    return JSONResponse(
+        {"status": "ready" if ready else "not ready", "store": store, "teacher": teacher},
+        status_code=200 if ready else 503,
+    )
+
+
+async def _check_store(runtime: RuntimeDep) -> str:
+    try:
+        await asyncio.wait_for(asyncio.to_thread(ping, runtime.engine), _READY_TIMEOUT)
+    except TimeoutError:
+        return "timeout"
+    except Exception as exc:
+        return f"error: {type(exc).__name__}"
+    return "ok"
+
+
+async def _check_teacher(runtime: RuntimeDep) -> str:
+    headers = {}
+    if runtime.teacher_key is not None:
+        headers["authorization"] = f"Bearer {runtime.teacher_key}"
+    try:
+        response = await runtime.http_client.get(
+            runtime.teacher.url("/v1/models"), headers=headers, timeout=_READY_TIMEOUT
+        )
+    except httpx.HTTPError as exc:
+        return f"error: {type(exc).__name__}"
+    if response.status_code >= 500:
+        return f"error: HTTP {response.status_code}"
+    return "ok"
+
+
+@router.get("/metrics")
+async def metrics(runtime: RuntimeDep) -> Response:
+    return Response(generate_latest(runtime.metrics.registry), media_type=CONTENT_TYPE_LATEST)
