@@ -159,6 +159,11 @@ class Settings(BaseSettings):
             return [key.strip() for key in value.split(",") if key.strip()]
         return value
 
+    @field_validator("prices")
+    @classmethod
+    def _extend_default_prices(cls, value: dict[str, ModelPrice]) -> dict[str, ModelPrice]:
+        return {**DEFAULT_PRICES, **value}
+
     @field_validator("teacher_url", "student_url")
     @classmethod
     def _strip_slash(cls, value: str | None) -> str | None:

@@ -75,6 +75,9 @@ def create_tables(engine: Engine) -> None:
             connection.execute(
                 sa.text("SELECT pg_advisory_xact_lock(:id)"), {"id": _SCHEMA_LOCK_ID}
             )
+        elif engine.dialect.name == "sqlite":
+            # The driver opens no transaction for DDL; take the write lock explicitly.
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
         SQLModel.metadata.create_all(connection)
 
 

@@ -30,7 +30,7 @@ class Task(SQLModel, table=True):
         sa_type=sa.DateTime(timezone=True),
     )
     derived: bool = Field(default=False, description="named by hash, not by the client")
-    teacher_model: str | None = Field(default=None, max_length=200)
+    teacher_model: str | None = Field(default=None, sa_type=sa.Text)
     mode: str = Field(default="off", max_length=16)
     cutover_percent: float = Field(default=0.0)
 
@@ -50,14 +50,14 @@ class ExchangeBase(SQLModel):
         max_length=16, description="ok, error (an error answer) or aborted (cut short)"
     )
     http_status: int
-    model: str | None = Field(default=None, max_length=200)
+    model: str | None = Field(default=None, sa_type=sa.Text)
     stream: bool = False
     request: dict[str, Any] = Field(sa_type=JSONDocument)
     response: dict[str, Any] | None = Field(
         default=None,
         sa_type=JSONDocument,
     )
-    finish_reason: str | None = Field(default=None, max_length=32)
+    finish_reason: str | None = Field(default=None, sa_type=sa.Text)
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     cost_usd: float | None = None

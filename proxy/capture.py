@@ -55,6 +55,7 @@ class CaptureWriter:
         self._retry_at = 0.0  # monotonic time before which the store is presumed down
         self._schema_ready = False
         self._task: asyncio.Task[None] | None = None
+        self._batch: list[ExchangeCreate] = []  # taken from the queue, not yet written
 
     @property
     def store_up(self) -> bool:
@@ -79,7 +80,8 @@ class CaptureWriter:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        batch = self._take_queued(self._queue.qsize())
+        batch = self._batch + self._take_queued(self._queue.qsize())
+        self._batch = []
         if not batch:
             return
         try:
@@ -94,7 +96,7 @@ class CaptureWriter:
     async def _run(self) -> None:
         await asyncio.to_thread(self._replay_spills)
         while True:
-            batch = await self._next_batch()
+            self._batch = batch = await self._next_batch()
             try:
                 if batch:
                     await asyncio.to_thread(self._write_or_spill, batch)
@@ -104,6 +106,7 @@ class CaptureWriter:
                 log.exception("capture writer failed on a batch; it was spilled")
                 self._spill(batch)
             finally:
+                self._batch = []
                 for _ in batch:
                     self._queue.task_done()
                 self.metrics.capture_queue_depth.set(self._queue.qsize())
@@ -115,7 +118,8 @@ class CaptureWriter:
             first = await asyncio.wait_for(self._queue.get(), self.retry_seconds)
         except TimeoutError:
             return []
-        batch = [first]
+        # Kept on the writer while it fills, so that close() finds it if cancelled here.
+        self._batch = batch = [first]
         deadline = time.monotonic() + self.flush_seconds
         while len(batch) < self.batch_size:
             batch.extend(self._take_queued(self.batch_size - len(batch), done=False))
@@ -205,8 +209,7 @@ class CaptureWriter:
                 claimed = path.with_name(path.name + ".replaying")
                 path.rename(claimed)
                 path = claimed
-            lines = path.read_bytes().splitlines()
-            exchanges = [ExchangeCreate.model_validate_json(line) for line in lines if line]
+            exchanges = self._read_spill(path)
             for start in range(0, len(exchanges), self.batch_size):
                 try:
                     self._write(exchanges[start : start + self.batch_size])
@@ -216,6 +219,20 @@ class CaptureWriter:
                     return
             path.unlink()
             log.info("replayed %d spilled exchanges from %s", len(exchanges), path.name)
+
+    def _read_spill(self, path: Path) -> list[ExchangeCreate]:
+        exchanges = []
+        for line in path.read_bytes().splitlines():
+            if not line.strip():
+                continue
+            try:
+                exchanges.append(ExchangeCreate.model_validate_json(line))
+            except ValueError:
+                # A line cut by a crash mid-write, or not an exchange: kept, never retried.
+                with self._rejected_path.open("ab") as file:
+                    file.write(line + b"\n")
+                self.metrics.capture_rejected.inc()
+        return exchanges
 
 
 def _alive(pid: int) -> bool:

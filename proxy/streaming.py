@@ -54,6 +54,7 @@ class _ChoiceState:
     refusal: list[str] = field(default_factory=list)
     tool_calls: dict[int, dict[str, Any]] = field(default_factory=dict)
     logprobs_content: list[Any] = field(default_factory=list)
+    logprobs_refusal: list[Any] = field(default_factory=list)
     has_logprobs: bool = False
     finish_reason: str | None = None
 
@@ -123,6 +124,7 @@ class StreamAssembler:
             if logprobs is not None:
                 state.has_logprobs = True
                 state.logprobs_content.extend(logprobs.get("content") or [])
+                state.logprobs_refusal.extend(logprobs.get("refusal") or [])
             if choice.get("finish_reason"):
                 state.finish_reason = choice["finish_reason"]
 
@@ -147,7 +149,12 @@ class StreamAssembler:
                 {
                     "index": index,
                     "message": message,
-                    "logprobs": {"content": state.logprobs_content} if state.has_logprobs else None,
+                    "logprobs": {
+                        "content": state.logprobs_content,
+                        "refusal": state.logprobs_refusal or None,
+                    }
+                    if state.has_logprobs
+                    else None,
                     "finish_reason": state.finish_reason,
                 }
             )
@@ -158,7 +165,7 @@ class StreamAssembler:
             "model": self._head.get("model", ""),
             **{k: v for k, v in self._head.items() if k in ("system_fingerprint", "service_tier")},
             "choices": choices,
-            "usage": self.usage,
+            **({"usage": self.usage} if self.usage is not None else {}),
         }
 
 

@@ -11,12 +11,13 @@ from typing import Any
 import openai
 import pytest
 import sqlalchemy as sa
-from fakes.teacher import FakeTeacher
-from servers import ServerThread
 
 from core.settings import Settings
 from core.store import create_store_engine
 from proxy.app import create_app
+
+from fakes.teacher import FakeTeacher
+from servers import ServerThread
 
 POSTGRES_ADMIN_URL = os.environ.get(
     "STILLROOM_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -86,6 +87,7 @@ class RunningProxy:
         self.app = create_app(settings)
         self.server = ServerThread(self.app).start()
         self.engine = create_store_engine(settings.database_url)
+        self._clients: list[openai.OpenAI] = []
 
     @property
     def url(self) -> str:
@@ -98,9 +100,13 @@ class RunningProxy:
     def client(self, **options: Any) -> openai.OpenAI:
         options.setdefault("api_key", "sk-client")
         options.setdefault("max_retries", 0)
-        return openai.OpenAI(base_url=self.url + "/v1", **options)
+        client = openai.OpenAI(base_url=self.url + "/v1", **options)
+        self._clients.append(client)
+        return client
 
     def stop(self) -> None:
+        for client in self._clients:
+            client.close()
         self.server.stop()
         self.engine.dispose()
 

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import yaml  # type: ignore[import-untyped,unused-ignore]
 from jsonschema import Draft202012Validator  # type: ignore[import-untyped,unused-ignore]
+
 from openapi.extract import REF_PREFIX, ROOT_SCHEMAS, iter_refs, load_openapi, select_schemas
 from wire_schema import (
     SCHEMAS_PATH,
