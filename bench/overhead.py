@@ -793,21 +793,55 @@ async def record_profile(py_spy: str, proxy: Server, rate: int, seconds: float, 
     return output.decode(errors="replace") if spy.returncode else ""
 
 
-def own_time_summary(collapsed: Path, rate: int, top: int = 20) -> str:
-    """Samples whose innermost frame is each function ("own time"), as shares of all."""
+def _frame(frame: str) -> tuple[str, str]:
+    """``name (path:line)`` -> (name, path) with the site-packages prefix cut."""
+    name, _, where = frame.partition(" (")
+    return name, where.rsplit(":", 1)[0].split("site-packages/")[-1].removeprefix(f"{REPO}/")
+
+
+def _shares(counter: Counter[str], total: int, top: int) -> list[str]:
+    return [f"  {100 * n / total:5.1f}%  {name}" for name, n in counter.most_common(top)]
+
+
+def profile_summary(collapsed: Path, rate: int, top: int = 15) -> str:
+    """Where the proxy's CPU went: own time (the innermost frame) by function and by
+    package, inclusive time of stillroom's own functions, and the worker-thread share."""
     own: Counter[str] = Counter()
+    packages: Counter[str] = Counter()
+    ours: Counter[str] = Counter()
+    threads: Counter[str] = Counter()
     total = 0
     for line in collapsed.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
         if not stack:
             continue
-        name, _, where = stack.rsplit(";", 1)[-1].partition(" (")
-        file = where.rsplit(":", 1)[0].split("site-packages/")[-1].removeprefix(f"{REPO}/")
-        own[f"{name} ({file})"] += int(count)
-        total += int(count)
-    lines = [f"py-spy, proxy at {rate} req/s: {total} samples on CPU; own time, top {top}"]
-    lines += [f"  {100 * n / total:5.1f}%  {name}" for name, n in own.most_common(top)]
-    return "\n".join([*lines, f"  collapsed stacks: {collapsed}"])
+        n = int(count)
+        total += n
+        frames = [_frame(f) for f in stack.split(";")]
+        name, path = frames[-1]
+        own[f"{name} ({path})"] += n
+        packages[path.split("/")[0].removesuffix(".py")] += n
+        mine = {f"{nm} ({p})" for nm, p in frames if p.startswith(("proxy/", "core/"))}
+        for label in mine - {f"{nm} (proxy/cli.py)" for nm in ("main", "proxy", "_run_proxy")}:
+            ours[label] += n
+        worker = any(p.endswith("concurrent/futures/thread.py") for _, p in frames)
+        threads["worker threads (asyncio.to_thread)" if worker else "event loop thread"] += n
+    if total == 0:
+        return "profile: no samples"
+    return "\n".join(
+        [
+            f"py-spy at {rate} req/s: {total} samples holding the GIL; shares of them",
+            "own time by function:",
+            *_shares(own, total, top),
+            "own time by package:",
+            *_shares(packages, total, 10),
+            "inclusive time of stillroom functions:",
+            *_shares(ours, total, top),
+            "by thread:",
+            *_shares(threads, total, 2),
+            f"collapsed stacks (speedscope, inferno): {collapsed}",
+        ]
+    )
 
 
 def profile(runner: asyncio.Runner, proxy: Server, seconds: float, out: Path) -> str:
@@ -817,7 +851,7 @@ def profile(runner: asyncio.Runner, proxy: Server, seconds: float, out: Path) ->
     failure = runner.run(record_profile(py_spy, proxy, 300, seconds, out))
     if failure or not out.exists():
         return f"profile: py-spy could not record: {failure[-500:]}"
-    return own_time_summary(out, 300)
+    return profile_summary(out, 300)
 
 
 # --- main -------------------------------------------------------------------------------

@@ -214,3 +214,25 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
         model_config = SettingsConfigDict(toml_file=config_file)
 
     return FileSettings(**values)
+
+
+def settings_reference() -> str:
+    """The configuration reference as a Markdown table, generated from :class:`Settings`
+    (the README embeds it, and a test keeps the two equal)."""
+    rows = ["| env | default | meaning |", "|---|---|---|"]
+    for name, info in Settings.model_fields.items():
+        if info.default_factory is not None:
+            default: Any = info.default_factory()  # type: ignore[call-arg]
+        else:
+            default = info.default
+        if name == "prices":
+            shown = "OpenAI list prices of " + ", ".join(f"`{m}`" for m in DEFAULT_PRICES)
+        elif isinstance(default, ModelPrice):
+            shown = f"`{default.model_dump_json(exclude_none=True)}`"
+        elif default is None or default == []:
+            shown = "unset"
+        else:
+            shown = f"`{default}`"
+        description = (info.description or "").replace("|", "\\|")
+        rows.append(f"| `STILLROOM_{name.upper()}` | {shown} | {description} |")
+    return "\n".join(rows) + "\n"

@@ -13,7 +13,7 @@ import uvicorn
 from pydantic import ValidationError
 
 from core.errors import ConfigurationError
-from core.settings import Settings, load_settings
+from core.settings import Settings, load_settings, settings_reference
 
 app = typer.Typer(
     name="stillroom",
@@ -102,6 +102,12 @@ def proxy(
 ) -> None:
     """Run the proxy alone (stateless; run several behind a load balancer)."""
     _run_proxy(_settings(config, host=host, port=port), workers=workers)
+
+
+@app.command()
+def settings() -> None:
+    """Print every setting, its environment variable and default, as a Markdown table."""
+    typer.echo(settings_reference(), nl=False)
 
 
 def main() -> None:

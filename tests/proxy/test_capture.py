@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -158,3 +159,26 @@ def test_a_row_the_store_refuses_is_set_aside_and_the_rest_written(
     wait_until(rejected.exists)
     assert json.loads(rejected.read_text().splitlines()[0])["id"] == refused.id
     assert proxy.runtime.metrics.capture_rejected._value.get() == 1
+
+
+def test_exchanges_from_concurrent_requests_land_once_each(
+    database_url: str,
+    teacher: FakeTeacher,
+    make_settings: Callable[..., Settings],
+    start_proxy: Callable[[Settings], RunningProxy],
+) -> None:
+    proxy = start_proxy(make_settings(teacher_url=teacher.url + "/v1", database_url=database_url))
+    client = proxy.client()
+    prompts = [f"question {n}" for n in range(40)]
+    with ThreadPoolExecutor(8) as pool:
+        list(
+            pool.map(
+                lambda text: client.chat.completions.create(
+                    model="gpt-4o-mini", messages=[{"role": "user", "content": text}]
+                ),
+                prompts,
+            )
+        )
+    exchanges = stored_exchanges(proxy.engine, 40)
+    assert sorted(e.request["messages"][0]["content"] for e in exchanges) == sorted(prompts)
+    assert len({e.id for e in exchanges}) == 40
