@@ -148,6 +148,56 @@ class Settings(BaseSettings):
         default_factory=lambda: ModelPrice(input=0.01, output=0.01),
         description="What a student answer costs to serve, in USD per million tokens.",
     )
+    target_agreement: float = Field(
+        default=0.95,
+        gt=0,
+        le=1,
+        description="Agreement with the teacher a student must reach on what it answers.",
+    )
+    publish_min_share: float = Field(
+        default=0.2,
+        ge=0,
+        le=1,
+        description="Held-out share a version must answer at the target agreement to be published.",
+    )
+    distill_first_pairs: int = Field(
+        default=300, ge=1, description="Curated pairs a task needs before its first version."
+    )
+    distill_new_pairs: int = Field(
+        default=200, ge=1, description="New curated pairs that trigger a retraining."
+    )
+    train_min_pairs: int = Field(
+        default=50, ge=1, description="Fewest curated training pairs any training accepts."
+    )
+    distill_interval_seconds: float = Field(
+        default=300.0, gt=0, description="How often the distiller looks for tasks to train."
+    )
+    heldout_percent: int = Field(
+        default=10, ge=1, le=50, description="Share of pairs held out for evaluation (by hash)."
+    )
+    near_duplicate_threshold: float = Field(
+        default=0.97,
+        gt=0,
+        le=1,
+        description="Prompts closer than this (MiniLM cosine) are "
+        "near duplicates; only the first is kept.",
+    )
+    scrub_pii: bool = Field(
+        default=False, description="Replace emails, phone, card and IBAN numbers in training text."
+    )
+    label_cap: int = Field(
+        default=300, ge=1, description="Most training pairs per label for label-like tasks."
+    )
+    text_similarity_threshold: float = Field(
+        default=0.85, gt=0, le=1, description="MiniLM cosine at which free-text answers agree."
+    )
+    embedding_model: str | None = Field(
+        default=None,
+        description="sentence-transformers model for embeddings. Unset: bundled all-MiniLM-L6-v2.",
+    )
+    lora_epochs: int = Field(default=3, ge=1, description="LoRA training epochs.")
+    lora_rank: int = Field(default=16, ge=1, description="LoRA rank r (alpha is 2r).")
+    lora_learning_rate: float = Field(default=2e-4, gt=0, description="LoRA learning rate.")
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         default="info", description="Log level."
     )

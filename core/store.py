@@ -113,14 +113,14 @@ def insert_exchanges(*, engine: Engine, exchanges: Sequence[ExchangeCreate]) -> 
                 "cutover_percent": 0.0,
             },
         )
+    # executemany, not one multi-row VALUES: the statement compiles once, not per batch.
     with engine.begin() as connection:
         connection.execute(
-            _insert(engine, Task).values(list(tasks.values())).on_conflict_do_nothing()
+            _insert(engine, Task).on_conflict_do_nothing(), list(tasks.values())
         )
         connection.execute(
-            _insert(engine, Exchange)
-            .values([exchange.row() for exchange in exchanges])
-            .on_conflict_do_nothing()
+            _insert(engine, Exchange).on_conflict_do_nothing(),
+            [exchange.row() for exchange in exchanges],
         )
 
 

@@ -33,6 +33,10 @@ class Task(SQLModel, table=True):
     teacher_model: str | None = Field(default=None, sa_type=sa.Text)
     mode: str = Field(default="off", max_length=16)
     cutover_percent: float = Field(default=0.0)
+    active_version_id: str | None = Field(default=None, max_length=32)
+    target_agreement: float | None = Field(
+        default=None, description="overrides the setting for this task"
+    )
 
 
 class ExchangeBase(SQLModel):
@@ -78,3 +82,67 @@ class ExchangeCreate(ExchangeBase):
     def row(self) -> dict[str, Any]:
         """The column values of the ``exchanges`` row."""
         return self.model_dump(exclude={"task_derived"})
+
+
+class StudentVersion(SQLModel, table=True):
+    """One trained student for one task, with its evaluation.
+
+    States: ``candidate`` → ``published`` → ``retired``, or ``rejected`` (with why).
+    """
+
+    __tablename__ = "student_versions"
+    __table_args__ = (sa.UniqueConstraint("task", "number"),)
+
+    id: str = Field(primary_key=True, max_length=32)
+    task: str = Field(index=True, max_length=TASK_NAME_MAX)
+    number: int = Field(description="1, 2, ... per task")
+    kind: str = Field(default="lora", max_length=16, description="lora or classifier")
+    state: str = Field(default="candidate", max_length=16)
+    reason: str | None = Field(default=None, sa_type=sa.Text, description="why rejected")
+    base_model: str = Field(sa_type=sa.Text)
+    adapter_name: str = Field(max_length=128, description="name in the student backend")
+    adapter_path: str = Field(sa_type=sa.Text)
+    training_run_id: str | None = Field(default=None, max_length=32)
+    metric: str | None = Field(default=None, max_length=16, description="label, json or text")
+    agreement: float | None = Field(default=None, description="held-out, whole split")
+    base_agreement: float | None = Field(default=None, description="base model, no adapter")
+    confidence_threshold: float | None = Field(
+        default=None, description="mean token log-prob at or above which the student answers"
+    )
+    retained_share: float | None = Field(
+        default=None, description="held-out share at or above the threshold"
+    )
+    retained_agreement: float | None = Field(
+        default=None, description="agreement on that retained share"
+    )
+    evaluation: dict[str, Any] = Field(default_factory=dict, sa_type=JSONDocument)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=sa.DateTime(timezone=True))
+    published_at: datetime | None = Field(default=None, sa_type=sa.DateTime(timezone=True))
+
+
+class TrainingRun(SQLModel, table=True):
+    """One request to train a task, from queued to its outcome, with live progress."""
+
+    __tablename__ = "training_runs"
+
+    id: str = Field(primary_key=True, max_length=32)
+    task: str = Field(index=True, max_length=TASK_NAME_MAX)
+    state: str = Field(
+        default="queued", max_length=16, description="queued, running, succeeded, failed"
+    )
+    trigger: str = Field(default="manual", max_length=16, description="manual or schedule")
+    phase: str | None = Field(default=None, max_length=32)
+    step: int = 0
+    total_steps: int = 0
+    loss: float | None = None
+    eta_seconds: float | None = None
+    error: str | None = Field(default=None, sa_type=sa.Text)
+    curation: dict[str, Any] = Field(default_factory=dict, sa_type=JSONDocument)
+    exchanges_seen: int = Field(default=0, description="curated pairs available at start")
+    version_id: str | None = Field(default=None, max_length=32)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=sa.DateTime(timezone=True))
+    started_at: datetime | None = Field(default=None, sa_type=sa.DateTime(timezone=True))
+    updated_at: datetime | None = Field(
+        default=None, sa_type=sa.DateTime(timezone=True), description="last heartbeat"
+    )
+    finished_at: datetime | None = Field(default=None, sa_type=sa.DateTime(timezone=True))

@@ -12,12 +12,17 @@ import sqlalchemy as sa
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
+from core.embedding import Encoder
 from core.metrics import Metrics
 from core.settings import Settings, load_settings
 from core.store import create_store_engine, create_tables
-from proxy import ops, routes
+from distiller.backends import create_student_backend
+from distiller.pipeline import Pipeline
+from distiller.scheduler import Distiller
+from proxy import admin, ops
 from proxy.capture import CaptureWriter
 from proxy.errors import install_error_handlers
+from proxy.routes import install_openai_routes
 from proxy.runtime import Runtime
 from proxy.teacher import Teacher, create_teacher_http_client
 
@@ -29,18 +34,23 @@ def create_app(
     *,
     teacher_transport: httpx.AsyncBaseTransport | None = None,
     registry: CollectorRegistry | None = None,
+    distiller: bool = False,
 ) -> FastAPI:
-    """The proxy app. Its lifespan owns the teacher client, the store engine and the
-    capture writer. ``teacher_transport`` and ``registry`` let tests inject their own."""
+    """The proxy app. Its lifespan owns the teacher client, the store engine, the capture
+    writer and, with ``distiller``, the distiller's scheduler (``stillroom serve``).
+    ``teacher_transport`` and ``registry`` let tests inject their own."""
     settings = settings if settings is not None else load_settings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         runtime = await _start(settings, teacher_transport, registry)
         app.state.runtime = runtime
+        scheduler = start_distiller(runtime) if distiller else None
         try:
             yield
         finally:
+            if scheduler is not None:
+                scheduler.stop()
             await _stop(runtime)
 
     app = FastAPI(
@@ -52,7 +62,8 @@ def create_app(
     )
     install_error_handlers(app)
     app.include_router(ops.router)
-    app.include_router(routes.router)
+    app.include_router(admin.router)
+    install_openai_routes(app)
     return app
 
 
@@ -88,6 +99,7 @@ async def _start(
         await capture.start()
     teacher = Teacher(base_url=settings.teacher_url, client=http_client, metrics=metrics)
     return Runtime(
+        student_backend=create_student_backend(settings, http_client),
         settings=settings,
         metrics=metrics,
         engine=engine,
@@ -95,6 +107,19 @@ async def _start(
         teacher=teacher,
         capture=capture,
     )
+
+
+def start_distiller(runtime: Runtime) -> Distiller:
+    """The distiller's scheduler on this process's event loop."""
+    pipeline = Pipeline(
+        settings=runtime.settings,
+        engine=runtime.engine,
+        backend=runtime.student_backend,
+        encoder=Encoder(runtime.settings.embedding_model),
+    )
+    distiller = Distiller(pipeline)
+    distiller.start()
+    return distiller
 
 
 async def _stop(runtime: Runtime) -> None:

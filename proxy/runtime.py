@@ -9,6 +9,7 @@ from sqlalchemy.engine import Engine
 
 from core.metrics import Metrics
 from core.settings import Settings
+from distiller.backends import StudentBackend
 from proxy.capture import CaptureWriter
 from proxy.teacher import Teacher
 
@@ -21,6 +22,7 @@ class Runtime:
     http_client: httpx.AsyncClient
     teacher: Teacher
     capture: CaptureWriter | None
+    student_backend: StudentBackend
 
     @property
     def teacher_key(self) -> str | None:

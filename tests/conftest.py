@@ -17,6 +17,7 @@ from core.store import create_store_engine
 from proxy.app import create_app
 
 from fakes.teacher import FakeTeacher
+from fakes.tiny_model import build_tiny_model
 from servers import ServerThread
 
 POSTGRES_ADMIN_URL = os.environ.get(
@@ -81,10 +82,16 @@ def make_settings(tmp_path: Path, sqlite_url: str) -> Callable[..., Settings]:
     return make
 
 
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny Llama with a locally trained tokenizer: a student base for fast tests."""
+    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+
+
 class RunningProxy:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, distiller: bool = False) -> None:
         self.settings = settings
-        self.app = create_app(settings)
+        self.app = create_app(settings, distiller=distiller)
         self.server = ServerThread(self.app).start()
         self.engine = create_store_engine(settings.database_url)
         self._clients: list[openai.OpenAI] = []
@@ -112,11 +119,11 @@ class RunningProxy:
 
 
 @pytest.fixture
-def start_proxy() -> Iterator[Callable[[Settings], RunningProxy]]:
+def start_proxy() -> Iterator[Callable[..., RunningProxy]]:
     started: list[RunningProxy] = []
 
-    def start(settings: Settings) -> RunningProxy:
-        proxy = RunningProxy(settings)
+    def start(settings: Settings, *, distiller: bool = False) -> RunningProxy:
+        proxy = RunningProxy(settings, distiller=distiller)
         started.append(proxy)
         return proxy
 

@@ -16,7 +16,7 @@ import json
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,6 +55,8 @@ class Received:
 class FakeTeacher:
     def __init__(self) -> None:
         self.url = ""  # set once its server runs
+        # Answers the text of a chat completion instead of the default echo, if set.
+        self.responder: Callable[[dict[str, Any]], str] | None = None
         self.requests: list[Received] = []
         self.faults: deque[Fault] = deque()
         # threading events: set on the fake's server thread, awaited by test code.
@@ -121,13 +123,13 @@ class FakeTeacher:
                 media_type="text/event-stream; charset=utf-8",
                 headers=headers,
             )
-        return JSONResponse(completion(payload), headers=headers)
+        return JSONResponse(completion(payload, self.responder), headers=headers)
 
     async def _stream(self, payload: dict[str, Any], fault: Fault) -> AsyncIterator[bytes]:
         self.cancelled.clear()
         self.stream_finished.clear()
         try:
-            for number, chunk in enumerate(chunks(payload)):
+            for number, chunk in enumerate(chunks(payload, self.responder)):
                 if fault.cut_after is not None and number >= fault.cut_after:
                     raise ConnectionAbortedError("fake teacher cut the stream")
                 if number and fault.event_interval:
@@ -278,13 +280,21 @@ def _logprobs(text: str) -> dict[str, Any]:
     }
 
 
-def completion(payload: dict[str, Any]) -> dict[str, Any]:
+Responder = Callable[[dict[str, Any]], str]
+
+
+def completion(payload: dict[str, Any], responder: Responder | None = None) -> dict[str, Any]:
     """The non-streamed answer, as the OpenAI API shapes it."""
     choices = []
     completion_tokens = 0
     for index in range(payload.get("n") or 1):
         calls = _tool_calls(payload)
-        text = None if calls else answer_text(payload, index)
+        if calls:
+            text = None
+        elif responder is not None:
+            text = responder(payload)
+        else:
+            text = answer_text(payload, index)
         message: dict[str, Any] = {
             "role": "assistant",
             "content": text,
@@ -314,7 +324,7 @@ def completion(payload: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def chunks(payload: dict[str, Any]) -> list[dict[str, Any]]:
+def chunks(payload: dict[str, Any], responder: Responder | None = None) -> list[dict[str, Any]]:
     """The streamed answer, chunk by chunk, as the OpenAI API sends it."""
     include_usage = bool((payload.get("stream_options") or {}).get("include_usage"))
     head = {
@@ -327,7 +337,7 @@ def chunks(payload: dict[str, Any]) -> list[dict[str, Any]]:
     }
     if include_usage:
         head["usage"] = None
-    whole = completion(payload)
+    whole = completion(payload, responder)
     out: list[dict[str, Any]] = []
 
     def chunk(

@@ -12,6 +12,7 @@ import itertools
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 IM_START = "<|im_start|>"
 IM_END = "<|im_end|>"
@@ -86,7 +87,7 @@ def _is_complete(directory: Path) -> bool:
     return (directory / _COMPLETE_MARKER).is_file()
 
 
-def _build_tokenizer() -> object:
+def _build_tokenizer() -> Any:
     """Trains the byte-level BPE tokenizer and wraps it as a ``PreTrainedTokenizerFast``."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
@@ -101,7 +102,9 @@ def _build_tokenizer() -> object:
         show_progress=False,
     )
     tokenizer.train_from_iterator(_corpus(), trainer=trainer)
-    return PreTrainedTokenizerFast(
+    # Any: transformers leaves the tokenizer constructor and GenerationConfig unannotated.
+    tokenizer_class: Any = PreTrainedTokenizerFast
+    return tokenizer_class(
         tokenizer_object=tokenizer,
         eos_token=IM_END,
         pad_token=PAD,
@@ -115,10 +118,10 @@ def _write_model(target: Path) -> None:
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
     tokenizer = _build_tokenizer()
-    vocab_size = len(tokenizer)  # type: ignore[arg-type]
-    eos_id = tokenizer.convert_tokens_to_ids(IM_END)  # type: ignore[attr-defined]
-    pad_id = tokenizer.convert_tokens_to_ids(PAD)  # type: ignore[attr-defined]
-    bos_id = tokenizer.convert_tokens_to_ids(IM_START)  # type: ignore[attr-defined]
+    vocab_size = len(tokenizer)
+    eos_id = tokenizer.convert_tokens_to_ids(IM_END)
+    pad_id = tokenizer.convert_tokens_to_ids(PAD)
+    bos_id = tokenizer.convert_tokens_to_ids(IM_START)
     config = LlamaConfig(
         vocab_size=vocab_size,
         hidden_size=64,
@@ -131,14 +134,18 @@ def _write_model(target: Path) -> None:
         eos_token_id=eos_id,
         pad_token_id=pad_id,
         tie_word_embeddings=True,
+        # Wider than the usual 0.02 so that a LoRA on the frozen tied output layer can
+        # push logits far enough apart to overfit in a few steps.
+        initializer_range=0.2,
     )
     torch.manual_seed(SEED)
     model = LlamaForCausalLM(config)
-    model.generation_config = GenerationConfig(
+    generation_config_class: Any = GenerationConfig
+    model.generation_config = generation_config_class(
         bos_token_id=bos_id, eos_token_id=eos_id, pad_token_id=pad_id
     )
     model.save_pretrained(target)
-    tokenizer.save_pretrained(target)  # type: ignore[attr-defined]
+    tokenizer.save_pretrained(target)
     (target / _COMPLETE_MARKER).write_text("ok\n")
 
 

@@ -1,0 +1,259 @@
+"""The registry of student versions and training runs, and the publish gate.
+
+A candidate is published only if, at its calibrated confidence threshold, it agrees with
+the teacher at the task's target on a large enough share of held-out traffic, and that
+share is no smaller than the live version's. Publishing loads the adapter into the student
+backend, checks it answers a held-out prompt, then switches the task's active version in
+one transaction. The previous version stays loadable for rollback.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, col, select
+
+from core.errors import InvalidRequestError, NotFoundError
+from core.tables import StudentVersion, Task, TrainingRun
+from distiller.backends import StudentBackend, StudentBackendError
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class Gate:
+    target_agreement: float = 0.95
+    min_share: float = 0.2
+
+
+def list_versions(*, session: Session, task: str) -> Sequence[StudentVersion]:
+    return session.exec(
+        select(StudentVersion)
+        .where(StudentVersion.task == task)
+        .order_by(col(StudentVersion.number))
+    ).all()
+
+
+def active_version(*, session: Session, task: str) -> StudentVersion | None:
+    row = session.get(Task, task)
+    if row is None or row.active_version_id is None:
+        return None
+    return session.get(StudentVersion, row.active_version_id)
+
+
+def next_version_number(*, session: Session, task: str) -> int:
+    highest = session.exec(
+        select(sa.func.max(StudentVersion.number)).where(StudentVersion.task == task)
+    ).one()
+    return int(highest or 0) + 1
+
+
+def gate_verdict(candidate: StudentVersion, live: StudentVersion | None, gate: Gate) -> str | None:
+    """None when the candidate may be published, else why not."""
+    share = candidate.retained_share or 0.0
+    if candidate.confidence_threshold is None or share <= 0:
+        return (
+            f"no confidence threshold reaches {gate.target_agreement:.0%} agreement "
+            f"(held-out agreement {candidate.agreement or 0:.1%})"
+        )
+    if share < gate.min_share:
+        return (
+            f"only {share:.0%} of held-out traffic reaches {gate.target_agreement:.0%} "
+            f"agreement; at least {gate.min_share:.0%} is needed"
+        )
+    live_share = (live.retained_share or 0.0) if live is not None else 0.0
+    if live is not None and share < live_share:
+        return (
+            f"serves {share:.0%} of traffic at target, less than the live version "
+            f"v{live.number} ({live_share:.0%})"
+        )
+    return None
+
+
+async def publish(
+    *,
+    engine: Engine,
+    backend: StudentBackend,
+    version: StudentVersion,
+    probe_messages: list[dict[str, Any]],
+) -> StudentVersion:
+    """Load, health-check, then activate ``version`` (the live one is retired). On any
+    backend failure the version is rejected and the live version is untouched."""
+    try:
+        await ensure_loaded(backend, version)
+        await backend.health_check(version.adapter_name, probe_messages)
+    except StudentBackendError as exc:
+        return _set_state(engine, version.id, "rejected", f"failed to load or answer: {exc}")
+    with Session(engine) as session, session.begin():
+        row = session.get(StudentVersion, version.id)
+        task = session.get(Task, version.task)
+        assert row is not None
+        if task is None:
+            task = Task(name=version.task)
+            session.add(task)
+        if task.active_version_id and task.active_version_id != row.id:
+            previous = session.get(StudentVersion, task.active_version_id)
+            if previous is not None:
+                previous.state = "retired"
+        row.state = "published"
+        row.reason = None
+        row.published_at = now()
+        task.active_version_id = row.id
+        session.flush()
+        session.expunge(row)
+    return row
+
+
+async def rollback(*, engine: Engine, backend: StudentBackend, task: str) -> StudentVersion:
+    """Re-activate the version published before the live one."""
+    with Session(engine) as session:
+        live = active_version(session=session, task=task)
+        if live is None:
+            raise InvalidRequestError(f"task {task!r} has no live student version to roll back")
+        earlier = session.exec(
+            select(StudentVersion)
+            .where(
+                StudentVersion.task == task,
+                StudentVersion.state == "retired",
+                col(StudentVersion.published_at).is_not(None),
+                StudentVersion.number < live.number,
+            )
+            .order_by(col(StudentVersion.number).desc())
+        ).first()
+        if earlier is None:
+            raise InvalidRequestError(
+                f"task {task!r} has no earlier published version than v{live.number}"
+            )
+        session.expunge_all()
+    try:
+        await ensure_loaded(backend, earlier)
+    except StudentBackendError as exc:
+        raise InvalidRequestError(
+            f"cannot roll back to v{earlier.number}: the student server refused its adapter: {exc}"
+        ) from exc
+    with Session(engine) as session, session.begin():
+        row = session.get(Task, task)
+        current = session.get(StudentVersion, live.id)
+        previous = session.get(StudentVersion, earlier.id)
+        assert row is not None
+        assert current is not None
+        assert previous is not None
+        current.state = "retired"
+        current.reason = "rolled back"
+        previous.state = "published"
+        previous.reason = None
+        row.active_version_id = previous.id
+        session.flush()
+        session.expunge(previous)
+    return previous
+
+
+async def ensure_loaded(backend: StudentBackend, version: StudentVersion) -> None:
+    """Load the version's adapter unless the student server has it already."""
+    if version.adapter_name not in await backend.list_adapters():
+        await backend.load_adapter(version.adapter_name, version.adapter_path)
+
+
+async def sync_adapters(*, engine: Engine, backend: StudentBackend) -> list[str]:
+    """Load the adapter of every task's active version that the student server lacks (it
+    restarted, or is new). Returns the names loaded."""
+    with Session(engine) as session:
+        active = session.exec(
+            select(StudentVersion).join(Task, col(Task.active_version_id) == StudentVersion.id)
+        ).all()
+        session.expunge_all()
+    present = set(await backend.list_adapters())
+    loaded = []
+    for version in active:
+        if version.adapter_name not in present:
+            await backend.load_adapter(version.adapter_name, version.adapter_path)
+            loaded.append(version.adapter_name)
+    return loaded
+
+
+def _set_state(engine: Engine, version_id: str, state: str, reason: str | None) -> StudentVersion:
+    with Session(engine) as session, session.begin():
+        row = session.get(StudentVersion, version_id)
+        assert row is not None
+        row.state = state
+        row.reason = reason
+        session.flush()
+        session.expunge(row)
+    return row
+
+
+def reject(*, engine: Engine, version: StudentVersion, reason: str) -> StudentVersion:
+    return _set_state(engine, version.id, "rejected", reason)
+
+
+def queue_training(*, engine: Engine, task: str, trigger: str = "manual") -> TrainingRun:
+    """A queued run for ``task``, or the one already queued or running."""
+    with Session(engine) as session, session.begin():
+        if engine.dialect.name == "postgresql":
+            # Two distillers checking at once must not both queue the task.
+            session.connection().execute(
+                sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _queue_lock_key(task)}
+            )
+        if session.get(Task, task) is None:
+            raise NotFoundError(f"unknown task {task!r}", param="task")
+        pending = session.exec(
+            select(TrainingRun).where(
+                TrainingRun.task == task, col(TrainingRun.state).in_(["queued", "running"])
+            )
+        ).first()
+        run = pending or TrainingRun(id=new_id(), task=task, trigger=trigger)
+        session.add(run)
+        session.flush()
+        session.expunge(run)
+    return run
+
+
+def _queue_lock_key(task: str) -> int:
+    digest = hashlib.sha256(b"queue:" + task.encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+def claim_run(*, engine: Engine, run_id: str) -> bool:
+    """Atomically move a queued run to running; False if another process took it."""
+    with engine.begin() as connection:
+        result = connection.execute(
+            sa.update(TrainingRun)
+            .where(col(TrainingRun.id) == run_id, col(TrainingRun.state) == "queued")
+            .values(state="running", started_at=now(), updated_at=now())
+        )
+    return bool(result.rowcount == 1)
+
+
+def update_run(*, engine: Engine, run_id: str, **values: Any) -> None:
+    with engine.begin() as connection:
+        connection.execute(
+            sa.update(TrainingRun)
+            .where(col(TrainingRun.id) == run_id)
+            .values(updated_at=now(), **values)
+        )
+
+
+def get_run(*, session: Session, task: str, run_id: str) -> TrainingRun:
+    run = session.get(TrainingRun, run_id)
+    if run is None or run.task != task:
+        raise NotFoundError(f"no training run {run_id!r} for task {task!r}")
+    return run
+
+
+def list_runs(*, session: Session, task: str) -> Sequence[TrainingRun]:
+    return session.exec(
+        select(TrainingRun).where(TrainingRun.task == task).order_by(col(TrainingRun.created_at))
+    ).all()

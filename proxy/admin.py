@@ -1,0 +1,165 @@
+"""The admin API (``/admin/*``): tasks, training, versions, rollback, export.
+
+Bearer ``STILLROOM_ADMIN_TOKEN``; without one, only loopback clients of a loopback-bound
+server are served.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Iterator
+from typing import Annotated, Any
+
+import orjson
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import StreamingResponse
+from sqlmodel import Session, col, func, select
+
+from core.errors import AuthenticationError, NotFoundError, PermissionDeniedError
+from core.store import list_exchanges, list_tasks
+from core.tables import Exchange, StudentVersion, Task
+from distiller import registry
+from distiller.curation import CurationConfig, curate
+from proxy.deps import RuntimeDep
+from proxy.runtime import Runtime
+
+_LOOPBACK = {"127.0.0.1", "::1", "localhost"}
+
+
+def require_admin(request: Request, runtime: RuntimeDep) -> None:
+    token = runtime.settings.admin_token
+    if token is None:
+        client = request.client.host if request.client else ""
+        if runtime.settings.is_loopback and client in _LOOPBACK:
+            return
+        raise PermissionDeniedError(
+            "the admin API needs STILLROOM_ADMIN_TOKEN when the server is not bound to loopback"
+        )
+    scheme, _, presented = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(
+        presented.strip().encode(), token.get_secret_value().encode()
+    ):
+        raise AuthenticationError("missing or wrong admin token", code="invalid_admin_token")
+
+
+router = APIRouter(prefix="/admin", dependencies=[Depends(require_admin)])
+
+
+def _session(runtime: RuntimeDep) -> Iterator[Session]:
+    with Session(runtime.engine) as session:
+        yield session
+
+
+SessionDep = Annotated[Session, Depends(_session)]
+
+
+def _task(session: Session, name: str) -> Task:
+    task = session.get(Task, name)
+    if task is None:
+        raise NotFoundError(f"unknown task {name!r}", param="task")
+    return task
+
+
+def version_public(version: StudentVersion) -> dict[str, Any]:
+    return version.model_dump(mode="json")
+
+
+def task_summary(session: Session, task: Task) -> dict[str, Any]:
+    counts = dict(
+        session.exec(
+            select(Exchange.status, func.count())
+            .where(Exchange.task == task.name)
+            .group_by(col(Exchange.status))
+        ).all()
+    )
+    cost = session.exec(
+        select(func.coalesce(func.sum(Exchange.cost_usd), 0.0)).where(Exchange.task == task.name)
+    ).one()
+    active = session.get(StudentVersion, task.active_version_id) if task.active_version_id else None
+    return {
+        "name": task.name,
+        "derived": task.derived,
+        "teacher_model": task.teacher_model,
+        "mode": task.mode,
+        "cutover_percent": task.cutover_percent,
+        "exchanges": {"total": sum(counts.values()), **counts},
+        "cost_usd": float(cost or 0.0),
+        "active_version": version_public(active) if active else None,
+        "created_at": task.created_at.isoformat() if task.created_at else None,
+    }
+
+
+@router.get("/tasks")
+def get_tasks(session: SessionDep) -> dict[str, Any]:
+    return {
+        "object": "list",
+        "data": [task_summary(session, t) for t in list_tasks(session=session)],
+    }
+
+
+@router.get("/tasks/{task}")
+def get_task(task: str, session: SessionDep) -> dict[str, Any]:
+    return task_summary(session, _task(session, task))
+
+
+@router.post("/tasks/{task}/train", status_code=202)
+def post_train(task: str, runtime: RuntimeDep) -> dict[str, Any]:
+    run = registry.queue_training(engine=runtime.engine, task=task)
+    return run.model_dump(mode="json")
+
+
+@router.get("/tasks/{task}/runs")
+def get_runs(task: str, session: SessionDep) -> dict[str, Any]:
+    _task(session, task)
+    runs = registry.list_runs(session=session, task=task)
+    return {"object": "list", "data": [r.model_dump(mode="json") for r in runs]}
+
+
+@router.get("/tasks/{task}/runs/{run_id}")
+def get_run(task: str, run_id: str, session: SessionDep) -> dict[str, Any]:
+    return registry.get_run(session=session, task=task, run_id=run_id).model_dump(mode="json")
+
+
+@router.get("/tasks/{task}/versions")
+def get_versions(task: str, session: SessionDep) -> dict[str, Any]:
+    _task(session, task)
+    versions = registry.list_versions(session=session, task=task)
+    return {"object": "list", "data": [version_public(v) for v in versions]}
+
+
+@router.post("/tasks/{task}/rollback")
+async def post_rollback(task: str, runtime: RuntimeDep) -> dict[str, Any]:
+    version = await registry.rollback(
+        engine=runtime.engine, backend=runtime.student_backend, task=task
+    )
+    return version_public(version)
+
+
+@router.get("/tasks/{task}/export")
+def get_export(task: str, runtime: RuntimeDep, session: SessionDep) -> StreamingResponse:
+    """The task's curated pairs as OpenAI fine-tuning JSONL (one chat per line)."""
+    _task(session, task)
+    curated = curate(
+        list_exchanges(session=session, task=task), _curation_config(runtime), embed=None
+    )
+
+    def lines() -> Iterator[bytes]:
+        for example in [*curated.train, *curated.heldout]:
+            chat = [*example.messages, {"role": "assistant", "content": example.answer}]
+            yield orjson.dumps({"messages": chat}) + b"\n"
+
+    return StreamingResponse(
+        lines(),
+        media_type="application/jsonl",
+        headers={"content-disposition": f'attachment; filename="{task}.jsonl"'},
+    )
+
+
+def _curation_config(runtime: Runtime) -> CurationConfig:
+    settings = runtime.settings
+    return CurationConfig(
+        heldout_percent=settings.heldout_percent,
+        near_duplicate_threshold=None,
+        scrub_pii=settings.scrub_pii,
+        label_cap=settings.label_cap,
+    )

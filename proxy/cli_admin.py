@@ -1,0 +1,184 @@
+"""Admin commands of the CLI. Each is a client of the admin API of a running stillroom
+(``--url``, default ``$STILLROOM_URL`` or http://127.0.0.1:8000)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import httpx
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+UrlOption = Annotated[
+    str,
+    typer.Option("--url", envvar="STILLROOM_URL", help="Base URL of the running stillroom proxy."),
+]
+TokenOption = Annotated[
+    str | None,
+    typer.Option("--token", envvar="STILLROOM_ADMIN_TOKEN", help="Admin bearer token."),
+]
+DEFAULT_URL = "http://127.0.0.1:8000"
+console = Console()
+
+
+class AdminClient:
+    def __init__(self, url: str, token: str | None) -> None:
+        headers = {"authorization": f"Bearer {token}"} if token else {}
+        self.http = httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=60)
+
+    def call(self, method: str, path: str) -> Any:
+        try:
+            response = self.http.request(method, path)
+        except httpx.HTTPError as exc:
+            _fail(f"cannot reach stillroom at {self.http.base_url}: {exc}")
+        if response.status_code >= 400:
+            try:
+                message = response.json()["error"]["message"]
+            except (ValueError, KeyError, TypeError):
+                message = response.text
+            _fail(f"{response.status_code}: {message}")
+        return response.json()
+
+
+def _fail(message: str) -> None:
+    console.print(f"[red]stillroom: {message}[/red]")
+    raise typer.Exit(1)
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1%}"
+
+
+def tasks(url: UrlOption = DEFAULT_URL, token: TokenOption = None) -> None:
+    """List tasks: traffic, mode, live version and its agreement."""
+    data = AdminClient(url, token).call("GET", "/admin/tasks")["data"]
+    table = Table("task", "exchanges", "mode", "cutover", "live version", "agreement", "cost")
+    for task in data:
+        version = task["active_version"]
+        table.add_row(
+            task["name"],
+            str(task["exchanges"]["total"]),
+            task["mode"],
+            f"{task['cutover_percent']:g}%",
+            f"v{version['number']} ({version['kind']})" if version else "-",
+            _percent(version["retained_agreement"]) if version else "-",
+            f"${task['cost_usd']:.4f}",
+        )
+    console.print(table)
+
+
+def versions(task: str, url: UrlOption = DEFAULT_URL, token: TokenOption = None) -> None:
+    """List a task's student versions with their evaluation."""
+    data = AdminClient(url, token).call("GET", f"/admin/tasks/{task}/versions")["data"]
+    table = Table(
+        "version",
+        "kind",
+        "state",
+        "metric",
+        "agreement",
+        "base",
+        "threshold",
+        "share at target",
+        "agreement there",
+        "why",
+    )
+    for v in data:
+        threshold = v["confidence_threshold"]
+        table.add_row(
+            f"v{v['number']}",
+            v["kind"],
+            v["state"],
+            v["metric"] or "-",
+            _percent(v["agreement"]),
+            _percent(v["base_agreement"]),
+            "-" if threshold is None else f"{threshold:.3f}",
+            _percent(v["retained_share"]),
+            _percent(v["retained_agreement"]),
+            v["reason"] or "",
+        )
+    console.print(table)
+
+
+def train(
+    task: str,
+    wait: Annotated[bool, typer.Option(help="Follow the run with a progress bar.")] = False,
+    url: UrlOption = DEFAULT_URL,
+    token: TokenOption = None,
+) -> None:
+    """Queue a training run for TASK (the distiller picks it up)."""
+    client = AdminClient(url, token)
+    run = client.call("POST", f"/admin/tasks/{task}/train")
+    console.print(f"training run {run['id']} for {task}: {run['state']}")
+    if wait:
+        run = _follow(client, task, run["id"])
+        if run["state"] == "failed":
+            _fail(f"training failed: {run['error']}")
+        version = client.call("GET", f"/admin/tasks/{task}/versions")["data"]
+        match = [v for v in version if v["id"] == run["version_id"]]
+        if match:
+            v = match[0]
+            console.print(
+                f"v{v['number']} {v['state']}: held-out agreement {_percent(v['agreement'])} "
+                f"(base {_percent(v['base_agreement'])}), {_percent(v['retained_share'])} "
+                f"of traffic at {_percent(v['retained_agreement'])}"
+                + (f"; {v['reason']}" if v["reason"] else "")
+            )
+
+
+def _follow(client: AdminClient, task: str, run_id: str) -> dict[str, Any]:
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.fields[detail]}"),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=console) as progress:
+        bar = progress.add_task("queued", total=None, detail="")
+        while True:
+            run: dict[str, Any] = client.call("GET", f"/admin/tasks/{task}/runs/{run_id}")
+            detail = f"loss {run['loss']:.3f}" if run["loss"] is not None else ""
+            progress.update(
+                bar,
+                description=run["phase"] or run["state"],
+                total=run["total_steps"] or None,
+                completed=run["step"],
+                detail=detail,
+            )
+            if run["state"] in ("succeeded", "failed"):
+                return run
+            time.sleep(1.0)
+
+
+def rollback(task: str, url: UrlOption = DEFAULT_URL, token: TokenOption = None) -> None:
+    """Re-activate the version published before TASK's live one."""
+    version = AdminClient(url, token).call("POST", f"/admin/tasks/{task}/rollback")
+    console.print(f"{task}: v{version['number']} is live again")
+
+
+def export(
+    task: str,
+    out: Annotated[Path, typer.Option("--out", help="JSONL file to write.")],
+    url: UrlOption = DEFAULT_URL,
+    token: TokenOption = None,
+) -> None:
+    """Write TASK's curated pairs as OpenAI fine-tuning JSONL."""
+    client = AdminClient(url, token)
+    lines = 0
+    with client.http.stream("GET", f"/admin/tasks/{task}/export") as response:
+        if response.status_code >= 400:
+            response.read()
+            _fail(f"{response.status_code}: {response.text}")
+        with out.open("wb") as file:
+            for chunk in response.iter_bytes():
+                lines += chunk.count(b"\n")
+                file.write(chunk)
+    console.print(f"wrote {lines} examples to {out}")
+
+
+def register(app: typer.Typer) -> None:
+    for command in (tasks, versions, train, rollback, export):
+        app.command()(command)

@@ -1,0 +1,149 @@
+"""The long-running processes: the proxy (alone or with everything), the embedded student
+server and the distiller. The CLI parses flags; this module runs things."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import threading
+from typing import Any
+
+import httpx
+import uvicorn
+
+from core.embedding import Encoder
+from core.settings import Settings
+from core.store import create_store_engine, create_tables
+from distiller.backends import create_student_backend
+from distiller.base_model import resolve_base_model
+from distiller.pipeline import Pipeline
+from distiller.registry import sync_adapters
+from distiller.scheduler import Distiller
+from distiller.student_server import create_student_app
+
+log = logging.getLogger("stillroom")
+
+
+def configure_logging(settings: Settings) -> None:
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def _uvicorn_options(settings: Settings, host: str, port: int) -> dict[str, Any]:
+    return {
+        "host": host,
+        "port": port,
+        "loop": "uvloop",
+        "http": "httptools",
+        "log_level": settings.log_level,
+        "access_log": False,
+        "timeout_graceful_shutdown": 30,
+    }
+
+
+def run_proxy(settings: Settings, *, workers: int = 1, distiller: bool = False) -> None:
+    """The proxy in the foreground; with ``distiller``, the scheduler runs inside it."""
+    options = _uvicorn_options(settings, settings.host, settings.port)
+    if workers > 1:
+        # Each worker builds its own app from the environment, so hand the settings on.
+        os.environ.update(settings_environment(settings))
+        uvicorn.run(
+            "proxy.app:create_app_from_environment", factory=True, workers=workers, **options
+        )
+        return
+    from proxy.app import create_app
+
+    uvicorn.run(create_app(settings, distiller=distiller), **options)
+
+
+def run_everything(settings: Settings, *, student_port: int) -> None:
+    """``stillroom serve``: proxy, distiller and (unless a student server is configured)
+    the embedded student server, in one process."""
+    student: uvicorn.Server | None = None
+    thread: threading.Thread | None = None
+    if settings.student_url is None and settings.student_backend == "embedded":
+        student = _student_server(settings, "127.0.0.1", student_port)
+        thread = threading.Thread(target=student.run, name="stillroom-student", daemon=True)
+        thread.start()
+        settings = settings.model_copy(update={"student_url": f"http://127.0.0.1:{student_port}"})
+    try:
+        run_proxy(settings, distiller=True)
+    finally:
+        if student is not None and thread is not None:
+            student.should_exit = True
+            thread.join(timeout=30)
+
+
+def _student_server(settings: Settings, host: str, port: int) -> uvicorn.Server:
+    base = resolve_base_model(settings.base_model, settings.data_dir)
+    log.info("student server: base model %s on %s:%d", base, host, port)
+    app = create_student_app(base_model=base)
+    return uvicorn.Server(uvicorn.Config(app, **_uvicorn_options(settings, host, port)))
+
+
+def run_student(settings: Settings, *, host: str, port: int) -> None:
+    """``stillroom student``: the embedded student server alone."""
+    _student_server(settings, host, port).run()
+
+
+def run_distiller(settings: Settings) -> None:
+    """``stillroom distiller``: the scheduler and training, without an HTTP server."""
+    asyncio.run(_distill_forever(settings))
+
+
+async def _distill_forever(settings: Settings) -> None:
+    engine = create_store_engine(settings.database_url)
+    await asyncio.to_thread(create_tables, engine)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    async with httpx.AsyncClient(timeout=httpx.Timeout(60.0, connect=5.0)) as client:
+        backend = create_student_backend(settings, client)
+        pipeline = Pipeline(
+            settings=settings,
+            engine=engine,
+            backend=backend,
+            encoder=Encoder(settings.embedding_model),
+        )
+        distiller = Distiller(pipeline)
+        distiller.start()
+        log.info(
+            "distiller running: looking for tasks every %ss", settings.distill_interval_seconds
+        )
+        try:
+            while not stop.is_set():
+                try:
+                    loaded = await sync_adapters(engine=engine, backend=backend)
+                    if loaded:
+                        log.info("loaded active adapters into the student server: %s", loaded)
+                except Exception as exc:  # the student server may be starting
+                    log.warning("could not sync adapters with the student server: %s", exc)
+                with_timeout = asyncio.wait_for(stop.wait(), timeout=30)
+                with contextlib.suppress(TimeoutError):
+                    await with_timeout
+        finally:
+            distiller.stop()
+            engine.dispose()
+
+
+def settings_environment(settings: Settings) -> dict[str, str]:
+    """``STILLROOM_*`` variables that rebuild ``settings`` in another process."""
+    env = {}
+    for name, value in settings.model_dump(mode="json", exclude_defaults=True).items():
+        if value is None:
+            continue
+        env[f"STILLROOM_{name.upper()}"] = value if isinstance(value, str) else json.dumps(value)
+    for secret in ("teacher_api_key", "admin_token"):
+        value = getattr(settings, secret)
+        if value is not None:
+            env[f"STILLROOM_{secret.upper()}"] = value.get_secret_value()
+    if settings.api_keys:
+        env["STILLROOM_API_KEYS"] = ",".join(k.get_secret_value() for k in settings.api_keys)
+    return env
