@@ -18,7 +18,6 @@ from typing import Protocol, cast
 
 import httptools
 import orjson
-
 from fake_teacher import CHAT
 
 CONCURRENCY = 32

@@ -54,7 +54,6 @@ from typing import Any
 import httpx
 import orjson
 import uvloop
-
 from fake_teacher import serve_teacher
 from loadgen import (
     CONCURRENCY,

@@ -115,9 +115,7 @@ def insert_exchanges(*, engine: Engine, exchanges: Sequence[ExchangeCreate]) -> 
         )
     # executemany, not one multi-row VALUES: the statement compiles once, not per batch.
     with engine.begin() as connection:
-        connection.execute(
-            _insert(engine, Task).on_conflict_do_nothing(), list(tasks.values())
-        )
+        connection.execute(_insert(engine, Task).on_conflict_do_nothing(), list(tasks.values()))
         connection.execute(
             _insert(engine, Exchange).on_conflict_do_nothing(),
             [exchange.row() for exchange in exchanges],

@@ -36,11 +36,13 @@ class TokenLogprob(TypedDict):
 
 @dataclass(frozen=True)
 class Generation:
-    """A finished answer. ``tokens`` are the answer's tokens; the end-of-turn token is
-    counted in ``completion_tokens`` but is not among them (as in OpenAI's logprobs)."""
+    """A finished answer. ``tokens`` (and ``token_ids``) are the answer's tokens; the
+    end-of-turn token is counted in ``completion_tokens`` but is not among them (as in
+    OpenAI's logprobs)."""
 
     text: str
     tokens: list[TokenLogprob]
+    token_ids: list[int]
     prompt_tokens: int
     completion_tokens: int
     finish_reason: Literal["stop", "length"]
@@ -126,6 +128,7 @@ class Decoder:
         yield Generation(
             text=text,
             tokens=tokens,
+            token_ids=ids,
             prompt_tokens=len(prompt),
             completion_tokens=len(ids) + int(ended_by_eos),
             finish_reason="stop" if stopped else "length",

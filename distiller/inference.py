@@ -35,30 +35,7 @@ from typing import Any, ParamSpec, Required, TypedDict, TypeVar, Unpack
 import torch
 
 from distiller.base_model import load_causal_lm
-from distiller.decoding import (
-    Decoder,
-    Generation,
-    StreamEvent,
-    StreamPiece,
-    TokenLogprob,
-    TopLogprob,
-)
-
-__all__ = [
-    "AdapterExistsError",
-    "AdapterLoadError",
-    "AdapterMissingError",
-    "AdapterNotFoundError",
-    "GenerateOptions",
-    "Generation",
-    "PromptError",
-    "StreamEvent",
-    "StreamPiece",
-    "StudentModel",
-    "StudentModelError",
-    "TokenLogprob",
-    "TopLogprob",
-]
+from distiller.decoding import Decoder, Generation, StreamEvent
 
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
@@ -158,11 +135,9 @@ class StudentModel:
         """Names of the loaded adapters, in loading order."""
         return list(self._adapters)
 
-    def adapter_path(self, name: str) -> str:
-        """Where the adapter ``name`` was loaded from."""
-        if name not in self._adapters:
-            raise AdapterNotFoundError(f"no LoRA adapter named {name!r} is loaded")
-        return self._adapters[name].path
+    def adapter_paths(self) -> dict[str, str]:
+        """Each loaded adapter's name and the path it was loaded from, in loading order."""
+        return {name: adapter.path for name, adapter in dict(self._adapters).items()}
 
     def load_adapter(self, name: str, path: str | Path, *, replace: bool = True) -> None:
         """Load the LoRA adapter at ``path`` as ``name``. An adapter already loaded under
@@ -287,16 +262,16 @@ class StudentModel:
         """:meth:`generate`, yielding :class:`StreamPiece` s as text is decided and the
         :class:`Generation` last. The model stays locked until the iterator is exhausted
         or closed; setting ``cancel`` ends the answer before its next token."""
-        decoder = Decoder(
-            model=self._model,
-            tokenizer=self._tokenizer,
-            eos_ids=self._eos_ids,
-            device=self._device,
-            temperature=options.get("temperature", 0.0),
-            top_logprobs=options.get("top_logprobs", 0),
-            stop=tuple(options.get("stop") or ()),
-        )
         with self._lock:
+            decoder = Decoder(
+                model=self._model,
+                tokenizer=self._tokenizer,
+                eos_ids=self._eos_ids,
+                device=self._device,
+                temperature=options.get("temperature", 0.0),
+                top_logprobs=options.get("top_logprobs", 0),
+                stop=tuple(options.get("stop") or ()),
+            )
             prompt = self.prompt_ids(messages)
             budget = min(options["max_new_tokens"], self.context_length - len(prompt))
             with self._activated(options["adapter"]):
@@ -310,11 +285,11 @@ class StudentModel:
         candidates in one batched forward pass on its cached keys and values."""
         if not labels:
             return []
-        encoded = [
-            [*self._tokenizer(label, add_special_tokens=False)["input_ids"], self._end_of_turn]
-            for label in labels
-        ]
-        with self._lock:
+        with self._lock:  # a fast tokenizer is not safe to share between threads either
+            encoded = [
+                [*self._tokenizer(label, add_special_tokens=False)["input_ids"], self._end_of_turn]
+                for label in labels
+            ]
             prompt = self.prompt_ids(messages)
             with self._activated(adapter), torch.inference_mode():
                 return self._score(prompt, encoded)

@@ -30,15 +30,14 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
 
 from core.wire import ChatCompletionRequest, message_text
+from distiller.decoding import Generation, StreamEvent
 from distiller.inference import (
     AdapterExistsError,
     AdapterLoadError,
     AdapterMissingError,
     AdapterNotFoundError,
     GenerateOptions,
-    Generation,
     PromptError,
-    StreamEvent,
     StudentModel,
 )
 
@@ -127,8 +126,7 @@ async def models(serving: ServingDep) -> JSONResponse:
     )
     base["max_model_len"] = serving.model.context_length
     cards = [base]
-    for name in serving.model.adapters():
-        root = serving.model.adapter_path(name)
+    for name, root in serving.model.adapter_paths().items():
         cards.append(_model_card(name, serving.created, root=root, parent=base["id"]))
     return JSONResponse({"object": "list", "data": cards})
 
@@ -262,7 +260,6 @@ def _usage(generation: Generation) -> dict[str, Any]:
         "prompt_tokens": generation.prompt_tokens,
         "completion_tokens": generation.completion_tokens,
         "total_tokens": generation.prompt_tokens + generation.completion_tokens,
-        "prompt_tokens_details": None,
     }
 
 

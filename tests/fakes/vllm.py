@@ -285,5 +285,5 @@ def make_lora_adapter(base_model: Path, directory: Path, *, seed: int, scale: fl
         for name, parameter in model.named_parameters():
             if "lora_" in name:
                 parameter.copy_(torch.randn(parameter.shape, generator=generator) * scale)
-    model.save_pretrained(directory)
+    model.save_pretrained(str(directory))
     return directory

@@ -37,9 +37,9 @@ def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
         process.wait(timeout=30)
 
 
-def _up(url: str) -> bool:
+def _up(url: str, path: str = "/healthz") -> bool:
     try:
-        return httpx.get(url + "/healthz", timeout=1).status_code == 200
+        return httpx.get(url + path, timeout=1).status_code == 200
     except httpx.HTTPError:
         return False
 
@@ -50,13 +50,15 @@ def test_started_proxy_answers_through_the_teacher(
     teacher: FakeTeacher,
     processes: list[subprocess.Popen[bytes]],
     command: list[str],
+    tiny_model: Path,
 ) -> None:
-    port = free_port()
+    port, student_port = free_port(), free_port()
     config = tmp_path / "stillroom.toml"
-    config.write_text(f'teacher_url = "{teacher.url}/v1"\n')
+    config.write_text(f'teacher_url = "{teacher.url}/v1"\nbase_model = "{tiny_model}"\n')
     processes.append(
         subprocess.Popen(
-            [STILLROOM, *command, "--port", str(port), "--config", str(config)],
+            [STILLROOM, *command, "--port", str(port), "--config", str(config)]
+            + (["--student-port", str(student_port)] if command == ["serve"] else []),
             env=_env(tmp_path),
         )
     )
@@ -68,6 +70,10 @@ def test_started_proxy_answers_through_the_teacher(
     )
     assert response.status_code == 200
     assert response.json()["choices"][0]["message"]["content"] == "Answer to: hi"
+    if command == ["serve"]:
+        wait_until(lambda: _up(f"http://127.0.0.1:{student_port}", "/health"), timeout=30)
+        models = httpx.get(f"http://127.0.0.1:{student_port}/v1/models").json()
+        assert models["data"][0]["id"] == str(tiny_model), "serve runs the student server"
 
 
 def test_invalid_configuration_exits_with_a_clear_message(tmp_path: Path) -> None:
