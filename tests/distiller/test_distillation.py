@@ -158,3 +158,18 @@ def test_too_few_pairs_fail_with_a_clear_message_and_train_nothing(
     assert run["state"] == "failed"
     assert "training needs at least 500" in run["error"]
     assert admin(proxy, "GET", f"/admin/tasks/{TASK}/versions")["data"] == []
+
+
+def test_enough_traffic_gets_a_version_without_anyone_asking(
+    distilling_proxy: Callable[..., RunningProxy],
+) -> None:
+    proxy = distilling_proxy(distill_first_pairs=60, distill_interval_seconds=1)
+    send_traffic(proxy, 80)
+    deadline = time.monotonic() + 240
+    while not admin(proxy, "GET", f"/admin/tasks/{TASK}/versions")["data"]:
+        assert time.monotonic() < deadline, "no version was trained"
+        time.sleep(1)
+    [run] = admin(proxy, "GET", f"/admin/tasks/{TASK}/runs")["data"]
+    assert run["trigger"] == "schedule"
+    run = wait_for_run(proxy, run["id"])
+    assert run["state"] == "succeeded", run["error"]

@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from distiller.base_model import load_causal_lm
+from distiller.base_model import load_causal_lm, resolve_base_model
 from distiller.training import (
     IGNORE_INDEX,
     LoraTrainingConfig,
@@ -22,8 +22,10 @@ from distiller.training import (
     TrainingProgress,
     TrainingResult,
     encode_example,
+    resolve_device,
     supervised_loss,
     train_lora,
+    use_bf16,
 )
 
 from fakes.tiny_model import build_tiny_model
@@ -179,7 +181,7 @@ def test_saved_adapter_loads_with_peft_and_changes_the_output(
 
     result, _ = trained
     model, tokenizer = load_causal_lm(tiny_model)
-    inputs = tokenizer.apply_chat_template(
+    inputs: Any = tokenizer.apply_chat_template(
         chat("I lost my card"), add_generation_prompt=True, return_tensors="pt", return_dict=True
     )
     with torch.no_grad():
@@ -243,3 +245,28 @@ def test_should_stop_cancels_the_run_before_the_next_step(tiny_model: str, tmp_p
 
     assert steps == [1, 2]
     assert not (tmp_path / "adapter").exists()
+
+
+def test_bf16_is_used_as_configured_and_only_on_capable_devices() -> None:
+    assert use_bf16(False, "cpu") is False
+    assert use_bf16(True, "cpu") is True
+    assert use_bf16("auto", "mps") is False
+    assert resolve_device("cpu") == "cpu"
+    assert resolve_device("auto") in {"cpu", "cuda"}
+
+
+@pytest.mark.slow
+def test_smollm2_learns_an_intent_mapping(tmp_path_factory: pytest.TempPathFactory) -> None:
+    base = resolve_base_model(None, tmp_path_factory.mktemp("data"))
+    losses: list[float] = []
+
+    result = train_lora(
+        base_model=base,
+        examples=intent_examples(32),
+        config=LoraTrainingConfig(epochs=2, batch_size=8, learning_rate=1e-3),
+        output_dir=tmp_path_factory.mktemp("smollm2-adapter"),
+        on_progress=lambda p: losses.append(p.loss),
+    )
+
+    assert result.steps == 8
+    assert sum(losses[-2:]) / 2 < sum(losses[:2]) / 2 * 0.5
