@@ -95,6 +95,50 @@ class Metrics:
             "1 when the last write to the store succeeded, 0 while it is unreachable.",
             registry=r,
         )
+        self.routing = Counter(
+            "stillroom_routing_decisions",
+            "Why each request of a task with a student went where it went: student, or the "
+            "reason the teacher answered (off, shadow, cutover, n, tools, low_confidence, ...).",
+            ["task", "reason"],
+            registry=r,
+        )
+        self.student_seconds = Histogram(
+            "stillroom_student_seconds",
+            "Time the student took to answer (served, escalated or shadow).",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+            registry=r,
+        )
+        self.scored = Counter(
+            "stillroom_scored_pairs",
+            "Student answers scored against the teacher's, by kind (shadow, audit) and "
+            "whether they agreed.",
+            ["task", "kind", "agrees"],
+            registry=r,
+        )
+        self.scoring_dropped = Counter(
+            "stillroom_scoring_dropped",
+            "Shadow or audit jobs dropped because the scoring queue was full.",
+            ["kind"],
+            registry=r,
+        )
+        self.scoring_failures = Counter(
+            "stillroom_scoring_failures",
+            "Shadow or audit jobs that got no answer from one side.",
+            ["kind", "side"],
+            registry=r,
+        )
+        self.counterfactual_cost_usd = Counter(
+            "stillroom_counterfactual_cost_usd",
+            "What the teacher would have cost for what the student served.",
+            ["task"],
+            registry=r,
+        )
+        self.savings_usd = Counter(
+            "stillroom_savings_usd",
+            "Counterfactual teacher cost minus the student's cost, for what the student served.",
+            ["task"],
+            registry=r,
+        )
         for served_by in SERVED_BY:
             for stream in ("true", "false"):
                 self.request_seconds.labels(served_by=served_by, stream=stream)

@@ -195,6 +195,16 @@ class Settings(BaseSettings):
         default=None,
         description="sentence-transformers model for embeddings. Unset: bundled all-MiniLM-L6-v2.",
     )
+    student_timeout_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description="Longest wait for a student answer before the teacher answers instead.",
+    )
+    policy_refresh_seconds: float = Field(
+        default=1.0,
+        gt=0,
+        description="How often each proxy re-reads routing policies from the store.",
+    )
     lora_epochs: int = Field(default=3, ge=1, description="LoRA training epochs.")
     lora_rank: int = Field(default=16, ge=1, description="LoRA rank r (alpha is 2r).")
     lora_learning_rate: float = Field(default=2e-4, gt=0, description="LoRA learning rate.")

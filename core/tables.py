@@ -37,6 +37,15 @@ class Task(SQLModel, table=True):
     target_agreement: float | None = Field(
         default=None, description="overrides the setting for this task"
     )
+    shadow_percent: float = Field(
+        default=100.0, description="share of a shadow task's requests also sent to the student"
+    )
+    audit_percent: float = Field(
+        default=5.0, description="share of live student answers also sent to the teacher"
+    )
+    confidence_threshold: float | None = Field(
+        default=None, description="overrides the live version's calibrated threshold"
+    )
 
 
 class ExchangeBase(SQLModel):
@@ -146,3 +155,24 @@ class TrainingRun(SQLModel, table=True):
         default=None, sa_type=sa.DateTime(timezone=True), description="last heartbeat"
     )
     finished_at: datetime | None = Field(default=None, sa_type=sa.DateTime(timezone=True))
+
+
+class ShadowResult(SQLModel, table=True):
+    """One student answer scored against the teacher's: ``shadow`` (the teacher served)
+    or ``audit`` (the student served, the teacher was asked afterwards)."""
+
+    __tablename__ = "shadow_results"
+    __table_args__ = (sa.Index("ix_shadow_results_task_created", "task", "created_at"),)
+
+    id: str = Field(primary_key=True, max_length=32)
+    task: str = Field(max_length=TASK_NAME_MAX)
+    version_id: str = Field(max_length=32)
+    kind: str = Field(max_length=16, description="shadow or audit")
+    exchange_id: str | None = Field(default=None, max_length=32)
+    agrees: bool
+    score: float
+    confidence: float | None = None
+    student_answer: str = Field(sa_type=sa.Text)
+    teacher_answer: str = Field(sa_type=sa.Text)
+    student_latency_ms: float | None = None
+    created_at: datetime = Field(default_factory=utcnow, sa_type=sa.DateTime(timezone=True))

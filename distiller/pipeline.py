@@ -19,6 +19,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from core.embedding import Encoder
+from core.profile import training_profile
 from core.settings import Settings
 from core.store import list_exchanges
 from core.tables import StudentVersion, TrainingRun
@@ -129,9 +130,19 @@ class Pipeline:
         evaluation = await asyncio.to_thread(
             self._evaluate, base, adapter_name, result.adapter_dir, curated
         )
-        version = self._register(run, number, base, adapter_name, result.adapter_dir, evaluation)
+        profile = training_profile(self._requests(run.task, curated))
+        version = self._register(
+            run, number, base, adapter_name, result.adapter_dir, evaluation, profile
+        )
         update(phase="publishing", version_id=version.id)
         return await self._gate(version, curated.heldout[0])
+
+    def _requests(self, task: str, curated: CuratedSet) -> list[dict[str, Any]]:
+        """The training requests (with model, tools, response_format) of the curated set."""
+        ids = {e.exchange_id for e in curated.train}
+        with Session(self.engine) as session:
+            exchanges = list_exchanges(session=session, task=task)
+            return [e.request for e in exchanges if e.id in ids]
 
     def _check_enough(self, task: str, curated: CuratedSet) -> None:
         needed = self.settings.train_min_pairs
@@ -177,6 +188,7 @@ class Pipeline:
         adapter_name: str,
         adapter_dir: Path,
         evaluation: Evaluation,
+        profile: dict[str, Any],
     ) -> StudentVersion:
         calibration = evaluation.calibration
         version = StudentVersion(
@@ -194,7 +206,7 @@ class Pipeline:
             confidence_threshold=calibration.threshold,
             retained_share=calibration.retained_share,
             retained_agreement=calibration.retained_agreement,
-            evaluation=evaluation.summary(),
+            evaluation={**evaluation.summary(), "profile": profile},
         )
         with Session(self.engine) as session, session.begin():
             session.add(version)

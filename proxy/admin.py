@@ -8,14 +8,20 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Iterator
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import orjson
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
 from sqlmodel import Session, col, func, select
 
-from core.errors import AuthenticationError, NotFoundError, PermissionDeniedError
+from core.errors import (
+    AuthenticationError,
+    InvalidRequestError,
+    NotFoundError,
+    PermissionDeniedError,
+)
 from core.store import list_exchanges, list_tasks
 from core.tables import Exchange, StudentVersion, Task
 from distiller import registry
@@ -82,6 +88,10 @@ def task_summary(session: Session, task: Task) -> dict[str, Any]:
         "teacher_model": task.teacher_model,
         "mode": task.mode,
         "cutover_percent": task.cutover_percent,
+        "shadow_percent": task.shadow_percent,
+        "audit_percent": task.audit_percent,
+        "confidence_threshold": task.confidence_threshold,
+        "target_agreement": task.target_agreement,
         "exchanges": {"total": sum(counts.values()), **counts},
         "cost_usd": float(cost or 0.0),
         "active_version": version_public(active) if active else None,
@@ -100,6 +110,36 @@ def get_tasks(session: SessionDep) -> dict[str, Any]:
 @router.get("/tasks/{task}")
 def get_task(task: str, session: SessionDep) -> dict[str, Any]:
     return task_summary(session, _task(session, task))
+
+
+class TaskUpdate(BaseModel):
+    """What ``PATCH /admin/tasks/{task}`` may change; fields left out stay as they are."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    mode: Literal["off", "shadow", "live"] | None = None
+    cutover_percent: float | None = Field(default=None, ge=0, le=100)
+    shadow_percent: float | None = Field(default=None, ge=0, le=100)
+    audit_percent: float | None = Field(default=None, ge=0, le=100)
+    confidence_threshold: float | None = Field(default=None, le=0)
+    target_agreement: float | None = Field(default=None, gt=0, le=1)
+
+
+@router.patch("/tasks/{task}")
+def patch_task(task: str, update: TaskUpdate, runtime: RuntimeDep) -> dict[str, Any]:
+    """Change a task's mode, cutover and thresholds, all or nothing."""
+    changes = update.model_dump(exclude_unset=True)
+    with Session(runtime.engine) as session, session.begin():
+        row = _task(session, task)
+        if changes.get("mode") in ("shadow", "live") and row.active_version_id is None:
+            raise InvalidRequestError(
+                f"task {task!r} has no published student version; train one first",
+                param="mode",
+            )
+        for name, value in changes.items():
+            setattr(row, name, value)
+        session.flush()
+        return task_summary(session, row)
 
 
 @router.post("/tasks/{task}/train", status_code=202)

@@ -16,7 +16,7 @@ from core.embedding import Encoder
 from core.metrics import Metrics
 from core.settings import Settings, load_settings
 from core.store import create_store_engine, create_tables
-from distiller.backends import create_student_backend
+from distiller.backends import DEFAULT_EMBEDDED_URL, create_student_backend
 from distiller.pipeline import Pipeline
 from distiller.scheduler import Distiller
 from proxy import admin, ops
@@ -25,6 +25,9 @@ from proxy.errors import install_error_handlers
 from proxy.routes import install_openai_routes
 from proxy.runtime import Runtime
 from proxy.teacher import Teacher, create_teacher_http_client
+from router.policy import PolicyCache
+from router.scoring import Scorer
+from router.student import StudentClient
 
 log = logging.getLogger("stillroom.proxy")
 
@@ -98,7 +101,26 @@ async def _start(
         )
         await capture.start()
     teacher = Teacher(base_url=settings.teacher_url, client=http_client, metrics=metrics)
+    student_client = StudentClient(
+        base_url=settings.student_url or DEFAULT_EMBEDDED_URL,
+        client=http_client,
+        timeout=settings.student_timeout_seconds,
+    )
+    encoder = Encoder(settings.embedding_model)
+    scorer = Scorer(
+        engine=engine,
+        student=student_client,
+        metrics=metrics,
+        similarity=encoder.similarity,
+        text_threshold=settings.text_similarity_threshold,
+    )
+    await scorer.start()
+    policies = PolicyCache(engine, ttl=settings.policy_refresh_seconds)
+    await policies.start()
     return Runtime(
+        policies=policies,
+        student_client=student_client,
+        scorer=scorer,
         student_backend=create_student_backend(settings, http_client),
         settings=settings,
         metrics=metrics,
@@ -123,6 +145,8 @@ def start_distiller(runtime: Runtime) -> Distiller:
 
 
 async def _stop(runtime: Runtime) -> None:
+    await runtime.policies.close()
+    await runtime.scorer.close()
     if runtime.capture is not None:
         await runtime.capture.close()
     await runtime.http_client.aclose()

@@ -15,10 +15,11 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from core.errors import StillroomError
-from core.tasks import TASK_HEADER, TaskRef, identify_task
+from core.tasks import TASK_HEADER, identify_task
 from proxy.body import parse_chat_request, parse_json_object, read_body
 from proxy.headers import RawHeaders, client_response_headers, teacher_request_headers
 from proxy.recording import ExchangeRecorder
+from proxy.routing import route
 from proxy.runtime import Runtime
 from proxy.streaming import EventSplitter, StreamAssembler
 
@@ -53,13 +54,12 @@ async def chat_completions(request: Request, runtime: Runtime) -> Response:
         options = payload.get("stream_options") or {}
         body = orjson.dumps({**payload, "stream_options": {**options, "include_usage": True}})
     headers = teacher_request_headers(request.headers.raw, teacher_key=runtime.teacher_key)
+    routing = await route(request, runtime, chat, payload, recorder, headers)
+    if routing is not None:
+        return routing
     if chat.stream:
         return await _stream(request, runtime, recorder, headers, body, strip_usage)
     return await _complete(request, runtime, recorder, headers, body)
-
-
-def _own_headers(task: TaskRef) -> RawHeaders:
-    return [(b"x-stillroom-served-by", b"teacher"), (b"x-stillroom-task", task.name.encode())]
 
 
 async def _complete(
@@ -115,9 +115,7 @@ def _answer(recorder: ExchangeRecorder, response: httpx.Response, content: bytes
             http_status=response.status_code,
             response=_wrapped_error(response, content),
         )
-    return _response(
-        content, response.status_code, _decoded_headers(response) + _own_headers(recorder.task)
-    )
+    return _response(content, response.status_code, _decoded_headers(response) + recorder.headers())
 
 
 def _response(content: bytes, status_code: int, headers: RawHeaders) -> Response:
@@ -153,7 +151,7 @@ async def _stream(
     streamed = StreamingResponse(
         _relay(runtime, recorder, response, strip_usage, upstream_started), status_code=200
     )
-    streamed.raw_headers = _decoded_headers(response) + _own_headers(recorder.task)
+    streamed.raw_headers = _decoded_headers(response) + recorder.headers()
     return streamed
 
 

@@ -30,9 +30,9 @@ class AdminClient:
         headers = {"authorization": f"Bearer {token}"} if token else {}
         self.http = httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=60)
 
-    def call(self, method: str, path: str) -> Any:
+    def call(self, method: str, path: str, json: Any = None) -> Any:
         try:
-            response = self.http.request(method, path)
+            response = self.http.request(method, path, json=json)
         except httpx.HTTPError as exc:
             _fail(f"cannot reach stillroom at {self.http.base_url}: {exc}")
         if response.status_code >= 400:
@@ -179,6 +179,27 @@ def export(
     console.print(f"wrote {lines} examples to {out}")
 
 
+def rollout(
+    task: str,
+    mode: Annotated[str | None, typer.Option(help="off (teacher only), shadow, or live.")] = None,
+    percent: Annotated[
+        float | None, typer.Option(help="Share of the task's traffic the student serves.")
+    ] = None,
+    url: UrlOption = DEFAULT_URL,
+    token: TokenOption = None,
+) -> None:
+    """Set TASK's mode and cutover percent, e.g. --mode live --percent 25."""
+    body: dict[str, Any] = {}
+    if mode is not None:
+        body["mode"] = mode
+    if percent is not None:
+        body["cutover_percent"] = percent
+    if not body:
+        _fail("say --mode and/or --percent")
+    result = AdminClient(url, token).call("PATCH", f"/admin/tasks/{task}", json=body)
+    console.print(f"{task}: {result['mode']}, {result['cutover_percent']:g}% on the student")
+
+
 def register(app: typer.Typer) -> None:
-    for command in (tasks, versions, train, rollback, export):
+    for command in (tasks, versions, train, rollout, rollback, export):
         app.command()(command)

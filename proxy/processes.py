@@ -65,19 +65,38 @@ def run_proxy(settings: Settings, *, workers: int = 1, distiller: bool = False) 
 def run_everything(settings: Settings, *, student_port: int) -> None:
     """``stillroom serve``: proxy, distiller and (unless a student server is configured)
     the embedded student server, in one process."""
-    student: uvicorn.Server | None = None
-    thread: threading.Thread | None = None
+    student: _StudentThread | None = None
     if settings.student_url is None and settings.student_backend == "embedded":
-        student = _student_server(settings, "127.0.0.1", student_port)
-        thread = threading.Thread(target=student.run, name="stillroom-student", daemon=True)
-        thread.start()
+        student = _StudentThread(settings, "127.0.0.1", student_port)
+        student.start()
         settings = settings.model_copy(update={"student_url": f"http://127.0.0.1:{student_port}"})
     try:
         run_proxy(settings, distiller=True)
     finally:
-        if student is not None and thread is not None:
-            student.should_exit = True
-            thread.join(timeout=30)
+        if student is not None:
+            student.stop()
+
+
+class _StudentThread(threading.Thread):
+    """The embedded student server beside the proxy. The base model is prepared (converted
+    on first use) here, so the proxy serves at once."""
+
+    def __init__(self, settings: Settings, host: str, port: int) -> None:
+        super().__init__(name="stillroom-student", daemon=True)
+        self.settings, self.host, self.port = settings, host, port
+        self.server: uvicorn.Server | None = None
+
+    def run(self) -> None:
+        try:
+            self.server = _student_server(self.settings, self.host, self.port)
+            self.server.run()
+        except Exception:
+            log.exception("the embedded student server stopped")
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.should_exit = True
+        self.join(timeout=30)
 
 
 def _student_server(settings: Settings, host: str, port: int) -> uvicorn.Server:

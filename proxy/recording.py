@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -29,6 +30,10 @@ class ExchangeRecorder:
     created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     upstream_seconds: float = 0.0
     recorded: bool = False
+    served_by: str = "teacher"  # fallback when the student was tried first
+    student_version: str | None = None
+    # Called with a complete answer (status ok), e.g. to schedule shadow scoring.
+    on_answer: Callable[[dict[str, Any]], None] | None = None
 
     def record(
         self,
@@ -36,7 +41,6 @@ class ExchangeRecorder:
         status: str,
         http_status: int,
         response: dict[str, Any] | None,
-        served_by: str = "teacher",
         first_chunk_seconds: float | None = None,
     ) -> None:
         """Count the request in the metrics and queue its exchange for the store.
@@ -47,6 +51,7 @@ class ExchangeRecorder:
         if self.recorded:
             return
         self.recorded = True
+        served_by = self.served_by
         latency = time.perf_counter() - self.started
         model = str(self.payload.get("model", ""))
         usage = (response or {}).get("usage") or {}
@@ -73,6 +78,13 @@ class ExchangeRecorder:
             metrics.cost_usd.labels(task=task, served_by=served_by).inc(cost)
         elif usage:
             metrics.unpriced.labels(model=model).inc()
+        if served_by == "student" and usage:
+            counterfactual = self._cost(model, usage, "teacher")
+            if counterfactual is not None:
+                metrics.counterfactual_cost_usd.labels(task=task).inc(counterfactual)
+                metrics.savings_usd.labels(task=task).inc(counterfactual - (cost or 0.0))
+        if status == "ok" and response is not None and self.on_answer is not None:
+            self.on_answer(response)
 
         if self.capture is None:
             return
@@ -101,6 +113,16 @@ class ExchangeRecorder:
                 else None,
             )
         )
+
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        """``X-Stillroom-*`` response headers: who served, the task, the student version."""
+        own = [
+            (b"x-stillroom-served-by", self.served_by.encode()),
+            (b"x-stillroom-task", self.task.name.encode()),
+        ]
+        if self.student_version is not None:
+            own.append((b"x-stillroom-student-version", self.student_version.encode()))
+        return own
 
     def _cost(self, model: str, usage: dict[str, Any], served_by: str) -> float | None:
         if not usage:

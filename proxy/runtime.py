@@ -12,6 +12,9 @@ from core.settings import Settings
 from distiller.backends import StudentBackend
 from proxy.capture import CaptureWriter
 from proxy.teacher import Teacher
+from router.policy import PolicyCache
+from router.scoring import Scorer
+from router.student import StudentClient
 
 
 @dataclass(slots=True)
@@ -23,6 +26,9 @@ class Runtime:
     teacher: Teacher
     capture: CaptureWriter | None
     student_backend: StudentBackend
+    policies: PolicyCache
+    student_client: StudentClient
+    scorer: Scorer
 
     @property
     def teacher_key(self) -> str | None:

@@ -4,6 +4,10 @@ with its distiller, the embedded student server on a tiny Llama, a fake teacher.
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,6 +25,7 @@ from fakes.teacher import FakeTeacher
 from servers import ServerThread
 
 TASK = "yes-no"
+STILLROOM = str(Path(sys.executable).with_name("stillroom"))
 SYSTEM = "Answer yes for alpha requests and no for beta requests."
 
 
@@ -173,3 +178,44 @@ def test_enough_traffic_gets_a_version_without_anyone_asking(
     assert run["trigger"] == "schedule"
     run = wait_for_run(proxy, run["id"])
     assert run["state"] == "succeeded", run["error"]
+
+
+def test_cli_trains_with_progress_lists_versions_and_exports(
+    distilling_proxy: Callable[..., RunningProxy], tmp_path: Path
+) -> None:
+    proxy = distilling_proxy()
+    send_traffic(proxy, 100)
+    exchanges_stored(proxy, 100)
+    env = {**os.environ, "STILLROOM_URL": proxy.url, "COLUMNS": "200"}
+
+    trained = subprocess.run(
+        [STILLROOM, "train", TASK, "--wait"], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert trained.returncode == 0, trained.stdout + trained.stderr
+    assert "v1 published" in trained.stdout
+
+    listed = subprocess.run(
+        [STILLROOM, "versions", TASK], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert listed.returncode == 0
+    assert "published" in listed.stdout
+
+    out = tmp_path / "pairs.jsonl"
+    exported = subprocess.run(
+        [STILLROOM, "export", TASK, "--out", str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert exported.returncode == 0
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(lines) == 100
+    assert all(line["messages"][-1]["role"] == "assistant" for line in lines)
+    assert {line["messages"][-1]["content"] for line in lines} == {"yes", "no"}
+
+    unknown = subprocess.run(
+        [STILLROOM, "train", "no-such-task"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert unknown.returncode == 1
+    assert "unknown task" in unknown.stdout

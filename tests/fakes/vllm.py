@@ -14,6 +14,7 @@ the canned text in ``answers`` (set by the test); ``requests`` records every cal
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
@@ -58,6 +59,8 @@ class FakeVllm:
         self.adapters: dict[str, str] = {}  # name: path, in loading order
         self.answers: dict[str, str] = {}  # model name: the text it answers
         self.default_answer = "fake student answer"
+        self.token_logprobs: dict[str, float] = {}  # model name: logprob of every token
+        self.delay = 0.0  # seconds before each chat answer
         self.load_errors: dict[str, str] = {}  # path: message of a 400 when loading it
         self.requests: list[Call] = []
         self.app = Starlette(
@@ -138,9 +141,11 @@ class FakeVllm:
         if model != self.base_model and model not in self.adapters:
             return error(f"The model `{model}` does not exist.", "NotFoundError", 404)
         text = self.answers.get(model, self.default_answer)
+        if self.delay:
+            await asyncio.sleep(self.delay)
         if body.get("stream"):
             return StreamingResponse(_stream(body, text), media_type="text/event-stream")
-        return JSONResponse(completion(body, text))
+        return JSONResponse(completion(body, text, self.token_logprobs.get(model)))
 
 
 def _card(name: str, created: int, *, root: str, parent: str | None) -> dict[str, Any]:
@@ -177,13 +182,13 @@ def _words(text: str) -> list[str]:
     )
 
 
-def _logprobs(text: str) -> dict[str, Any]:
+def _logprobs(text: str, logprob: float | None = None) -> dict[str, Any]:
     # vLLM's ChatCompletionLogProbs carries only "content".
     return {
         "content": [
             {
                 "token": word,
-                "logprob": -0.05 * (i + 1),
+                "logprob": -0.05 * (i + 1) if logprob is None else logprob,
                 "bytes": list(word.encode()),
                 "top_logprobs": [],
             }
@@ -203,7 +208,7 @@ def _usage(body: dict[str, Any], text: str) -> dict[str, Any]:
     }
 
 
-def completion(body: dict[str, Any], text: str) -> dict[str, Any]:
+def completion(body: dict[str, Any], text: str, logprob: float | None = None) -> dict[str, Any]:
     """A non-streamed answer, shaped as vLLM's ``ChatCompletionResponse``."""
     return {
         "id": f"chatcmpl-{uuid.uuid4().hex}",
@@ -223,7 +228,7 @@ def completion(body: dict[str, Any], text: str) -> dict[str, Any]:
                     "tool_calls": [],
                     "reasoning_content": None,
                 },
-                "logprobs": _logprobs(text) if body.get("logprobs") else None,
+                "logprobs": _logprobs(text, logprob) if body.get("logprobs") else None,
                 "finish_reason": "stop",
                 "stop_reason": None,
             }

@@ -1,0 +1,202 @@
+"""Distillation on CLINC150: what the default student learns, how fast, at what cost.
+
+A fake teacher answers each utterance with its gold intent (the bundled 20 banking intents
+of CLINC150). The pairs go through the product's own curation, LoRA training on the bundled
+SmolLM2-135M-Instruct and held-out evaluation, and the figures are printed:
+
+- training time and examples per second on this machine;
+- held-out agreement of the student, and of the base model without adapter (the floor);
+- the calibrated confidence threshold for the target agreement and the share it retains;
+- per-request latency of the student (greedy generation), adapter size and peak memory.
+
+Run: ``.venv/bin/python bench/distill.py`` (about 20 minutes on 2 cores for 1,500 pairs);
+``--quick`` for a few minutes' smoke run on 4 intents.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import resource
+import statistics
+import tempfile
+import time
+from datetime import UTC, datetime
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from core.embedding import Encoder
+from core.tables import Exchange
+from distiller.base_model import resolve_base_model
+from distiller.curation import CurationConfig, curate
+from distiller.evaluation import StudentAnswer, evaluate
+from distiller.inference import StudentModel
+from distiller.training import LoraTrainingConfig, TrainingExample, train_lora
+
+
+def teacher_exchanges(intents: int, per_intent: int, seed: int = 0) -> list[Exchange]:
+    data = json.loads(
+        resources.files("distiller").joinpath("data/clinc150_banking20.json").read_text()
+    )
+    chosen = data["intents"][:intents]
+    system = (
+        "You route banking support messages. Answer with exactly one intent name from: "
+        + ", ".join(chosen)
+        + "."
+    )
+    rows = [row for row in data["train"] + data["val"] if row[1] in chosen]
+    random.Random(seed).shuffle(rows)
+    taken: dict[str, int] = {}
+    exchanges = []
+    for text, intent in rows:
+        if taken.get(intent, 0) >= per_intent:
+            continue
+        taken[intent] = taken.get(intent, 0) + 1
+        message = {"role": "assistant", "content": intent}
+        exchanges.append(
+            Exchange(
+                id=f"{len(exchanges):032x}",
+                task="banking",
+                served_by="teacher",
+                status="ok",
+                http_status=200,
+                request={
+                    "model": "gpt-4o-mini",
+                    "messages": [
+                        {"role": "system", "content": system},
+                        {"role": "user", "content": text},
+                    ],
+                },
+                response={"choices": [{"index": 0, "message": message, "finish_reason": "stop"}]},
+                latency_ms=0.0,
+            )
+        )
+    return exchanges
+
+
+def directory_size(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    work = Path(tempfile.mkdtemp(prefix="stillroom-bench-"))
+    data_dir = Path(args.data_dir)
+    encoder = Encoder()
+    exchanges = teacher_exchanges(args.intents, args.per_intent)
+    started = time.perf_counter()
+    curated = curate(exchanges, CurationConfig(), embed=encoder.encode)
+    curation_seconds = time.perf_counter() - started
+    base = resolve_base_model(None, data_dir)
+    config = LoraTrainingConfig(epochs=args.epochs)
+    print(
+        f"curated {len(exchanges)} pairs in {curation_seconds:.1f}s: {len(curated.train)} "
+        f"train, {len(curated.heldout)} held out, excluded {dict(curated.excluded)}",
+        flush=True,
+    )
+    last_print = 0.0
+
+    def progress(p: Any) -> None:
+        nonlocal last_print
+        if time.monotonic() - last_print > 30 or p.step == p.total_steps:
+            last_print = time.monotonic()
+            print(
+                f"  step {p.step}/{p.total_steps} loss {p.loss:.3f} eta {p.eta_seconds:.0f}s",
+                flush=True,
+            )
+
+    result = train_lora(
+        base_model=base,
+        examples=[TrainingExample(e.messages, e.answer) for e in curated.train],
+        config=config,
+        output_dir=work / "adapter",
+        on_progress=progress,
+    )
+    model = StudentModel(base)
+    model.load_adapter("banking", str(result.adapter_dir))
+    latencies: list[float] = []
+
+    def answer(adapter: str | None) -> Any:
+        def respond(example: Any) -> StudentAnswer:
+            began = time.perf_counter()
+            generation = model.generate(example.messages, adapter=adapter, max_new_tokens=12)
+            if adapter is not None:
+                latencies.append(time.perf_counter() - began)
+            return StudentAnswer(generation.text, generation.mean_logprob)
+
+        return respond
+
+    started = time.perf_counter()
+    evaluation = evaluate(
+        curated.heldout,
+        shape=curated.shape,
+        student=answer("banking"),
+        base=answer(None),
+        target=args.target,
+    )
+    evaluation_seconds = time.perf_counter() - started
+    latencies.sort()
+    return {
+        "date": datetime.now(UTC).strftime("%Y-%m-%d"),
+        "machine": f"{os.cpu_count()} cores, {platform.processor() or platform.machine()}",
+        "base_model": "SmolLM2-135M-Instruct (bundled)",
+        "intents": args.intents,
+        "pairs": len(exchanges),
+        "train": len(curated.train),
+        "heldout": len(curated.heldout),
+        "epochs": args.epochs,
+        "training_seconds": round(result.seconds, 1),
+        "examples_per_second": round(result.examples_per_second, 2),
+        "final_loss": round(result.final_loss, 4),
+        "student_agreement": round(evaluation.agreement, 4),
+        "base_agreement": round(evaluation.base_agreement or 0.0, 4),
+        "target": args.target,
+        "threshold": evaluation.calibration.threshold,
+        "share_at_target": round(evaluation.share_at_target, 4),
+        "agreement_on_share": round(evaluation.calibration.retained_agreement, 4),
+        "evaluation_seconds": round(evaluation_seconds, 1),
+        "latency_p50_ms": round(1000 * statistics.median(latencies), 1),
+        "latency_p99_ms": round(1000 * latencies[int(0.99 * (len(latencies) - 1))], 1),
+        "adapter_mb": round(directory_size(result.adapter_dir) / 1e6, 2),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 0),
+    }
+
+
+def report(figures: dict[str, Any]) -> str:
+    aims = [
+        ("held-out agreement >= 0.90", figures["student_agreement"] >= 0.90),
+        ("training <= 15 min", figures["training_seconds"] <= 900),
+        (
+            f"agreement on retained share >= {figures['target']}",
+            figures["agreement_on_share"] >= figures["target"] and figures["share_at_target"] > 0,
+        ),
+    ]
+    lines = [f"  {key:<22} {value}" for key, value in figures.items()]
+    lines += [f"  [{'met' if ok else 'MISSED':<6}] {name}" for name, ok in aims]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="4 intents, 40 pairs each, 1 epoch")
+    parser.add_argument("--intents", type=int, default=20)
+    parser.add_argument("--per-intent", type=int, default=75)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--target", type=float, default=0.95)
+    parser.add_argument("--data-dir", default="stillroom-data", help="where the base model is")
+    parser.add_argument("--json", help="also write the figures to this file")
+    args = parser.parse_args()
+    if args.quick:
+        args.intents, args.per_intent, args.epochs = 4, 40, 1
+    figures = run(args)
+    print("\ndistillation on CLINC150 (fake teacher answering the gold intent)")
+    print(report(figures))
+    if args.json:
+        Path(args.json).write_text(json.dumps(figures, indent=1))
+
+
+if __name__ == "__main__":
+    main()

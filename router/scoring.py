@@ -1,0 +1,148 @@
+"""Shadow and audit scoring, off the request path.
+
+Shadow: the teacher served; a sampled share of requests is also sent to the student.
+Audit: the student served; a sampled share is also sent to the teacher. Either way the two
+answers are scored with the task's metric and stored pair by pair. The queue is bounded
+and its workers few: when it is full, a job is dropped and counted, and the client is
+never slowed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
+
+from core.agreement import Similarity, score
+from core.metrics import Metrics
+from core.tables import ShadowResult
+from router.policy import Policy
+from router.student import StudentClient, StudentReply, StudentUnavailable
+
+log = logging.getLogger("stillroom.router")
+
+AskTeacher = Callable[[dict[str, Any]], Awaitable[str | None]]
+
+
+@dataclass(frozen=True, slots=True)
+class ScoringJob:
+    kind: str  # shadow or audit
+    policy: Policy
+    payload: dict[str, Any]
+    teacher_text: str | None = None  # shadow: known; audit: asked for
+    student_reply: StudentReply | None = None  # audit: known; shadow: asked for
+    ask_teacher: AskTeacher | None = None  # audit: how to ask (with the client's key)
+
+
+class Scorer:
+    def __init__(
+        self,
+        *,
+        engine: Engine,
+        student: StudentClient,
+        metrics: Metrics,
+        similarity: Similarity | None = None,
+        text_threshold: float = 0.85,
+        queue_size: int = 1000,
+        workers: int = 2,
+    ) -> None:
+        self.engine = engine
+        self.student = student
+        self.metrics = metrics
+        self.similarity = similarity
+        self.text_threshold = text_threshold
+        self._queue: asyncio.Queue[ScoringJob] = asyncio.Queue(maxsize=queue_size)
+        self._workers = workers
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def submit(self, job: ScoringJob) -> bool:
+        """Queue a job; False (and counted) when the queue is full."""
+        try:
+            self._queue.put_nowait(job)
+        except asyncio.QueueFull:
+            self.metrics.scoring_dropped.labels(kind=job.kind).inc()
+            return False
+        return True
+
+    async def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._work(), name=f"stillroom-scorer-{n}")
+            for n in range(self._workers)
+        ]
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+
+    async def join(self) -> None:
+        """Wait until every queued job is scored (for tests and clean shutdowns)."""
+        await self._queue.join()
+
+    async def _work(self) -> None:
+        while True:
+            job = await self._queue.get()
+            try:
+                await self._score(job)
+            except Exception:
+                log.exception("scoring a %s pair failed", job.kind)
+            finally:
+                self._queue.task_done()
+
+    async def _score(self, job: ScoringJob) -> None:
+        student = job.policy.student
+        if student is None:
+            return
+        reply = job.student_reply
+        if reply is None:
+            try:
+                reply = await self.student.answer(student.adapter_name, job.payload)
+            except StudentUnavailable as exc:
+                self.metrics.scoring_failures.labels(kind=job.kind, side="student").inc()
+                log.info("shadow call to %s failed: %s", student.adapter_name, exc)
+                return
+        teacher_text = job.teacher_text
+        if teacher_text is None and job.ask_teacher is not None:
+            teacher_text = await job.ask_teacher(job.payload)
+        if teacher_text is None:
+            self.metrics.scoring_failures.labels(kind=job.kind, side="teacher").inc()
+            return
+        result = await asyncio.to_thread(
+            score,
+            student.metric,  # type: ignore[arg-type]
+            reply.text,
+            teacher_text,
+            similarity=self.similarity,
+            text_threshold=self.text_threshold,
+        )
+        row = ShadowResult(
+            id=uuid.uuid4().hex,
+            task=job.policy.task,
+            version_id=student.version_id,
+            kind=job.kind,
+            agrees=result.agrees,
+            score=result.value,
+            confidence=reply.confidence if reply.confidence > float("-inf") else None,
+            student_answer=reply.text,
+            teacher_answer=teacher_text,
+            student_latency_ms=reply.seconds * 1000,
+        )
+        await asyncio.to_thread(self._store, row)
+        self.metrics.scored.labels(
+            task=job.policy.task, kind=job.kind, agrees="true" if result.agrees else "false"
+        ).inc()
+
+    def _store(self, row: ShadowResult) -> None:
+        with Session(self.engine) as session:
+            session.add(row)
+            session.commit()

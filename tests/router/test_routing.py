@@ -1,0 +1,275 @@
+"""Routing per task: off, shadow, live at a percentage; gates; fallback; stickiness."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable
+
+import httpx
+import openai
+import pytest
+from sqlmodel import Session, select
+
+from core.tables import ShadowResult
+from router.bucketing import bucket
+
+from conftest import RunningProxy
+from fakes.teacher import FakeTeacher
+from fakes.vllm import FakeVllm
+from routing_support import ADAPTER, SYSTEM, TASK, ask, set_policy
+from servers import wait_until
+from wire_schema import validate_chat_completion, validate_error, validate_sse_stream
+
+
+def student_calls(vllm: FakeVllm) -> int:
+    return sum(1 for call in vllm.requests if call.path == "/v1/chat/completions")
+
+
+def test_off_mode_sends_everything_to_the_teacher(
+    routed_proxy: Callable[..., RunningProxy], vllm: FakeVllm, teacher: FakeTeacher
+) -> None:
+    proxy = routed_proxy()
+    for _ in range(5):
+        assert ask(proxy).headers["x-stillroom-served-by"] == "teacher"
+    assert student_calls(vllm) == 0
+    assert len(teacher.chat_requests()) == 5
+
+
+def test_live_at_100_percent_is_answered_by_the_student(
+    routed_proxy: Callable[..., RunningProxy], vllm: FakeVllm, teacher: FakeTeacher
+) -> None:
+    proxy = routed_proxy()
+    set_policy(proxy, mode="live", cutover_percent=100, audit_percent=0)
+    response = ask(proxy)
+    assert response.headers["x-stillroom-served-by"] == "student"
+    assert response.headers["x-stillroom-student-version"] == "v1"
+    body = response.json()
+    validate_chat_completion(body)
+    assert body["model"] == "gpt-4o-mini"
+    assert body["choices"][0]["message"]["content"] == "billing"
+    assert body["choices"][0]["logprobs"] is None
+    assert teacher.chat_requests() == []
+    assert vllm.requests[-1].body["model"] == ADAPTER
+
+
+def test_student_answer_streams_as_a_normal_openai_stream(
+    routed_proxy: Callable[..., RunningProxy], vllm: FakeVllm
+) -> None:
+    proxy = routed_proxy()
+    set_policy(proxy, mode="live", cutover_percent=100, audit_percent=0)
+    with openai.OpenAI(base_url=proxy.url + "/v1", api_key="k", max_retries=0) as client:
+        chunks = list(
+            client.chat.completions.create(
+                model="gpt-4o-mini",
+                messages=[SYSTEM, {"role": "user", "content": "refund"}],  # type: ignore[list-item]
+                stream=True,
+                stream_options={"include_usage": True},
+                extra_headers={"X-Stillroom-Task": TASK},
+            )
+        )
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == "billing"
+    assert chunks[-1].usage is not None
+    raw = httpx.post(
+        proxy.url + "/v1/chat/completions",
+        json={
+            "model": "gpt-4o-mini",
+            "messages": [SYSTEM, {"role": "user", "content": "x"}],
+            "stream": True,
+        },
+        headers={"x-stillroom-task": TASK},
+    )
+    validate_sse_stream(raw.content)
+
+
+def test_live_share_matches_the_cutover_and_is_sticky_per_user(
+    routed_proxy: Callable[..., RunningProxy], vllm: FakeVllm
+) -> None:
+    proxy = routed_proxy()
+    set_policy(proxy, mode="live", cutover_percent=30, audit_percent=0)
+    served: dict[str, str] = {}
+    with httpx.Client(base_url=proxy.url, timeout=10) as client:
+        for n in range(2000):
+            response = client.post(
+                "/v1/chat/completions",
+                json={
+                    "model": "gpt-4o-mini",
+                    "messages": [SYSTEM, {"role": "user", "content": f"question {n % 7}"}],
+                    "user": f"user-{n}",
+                },
+                headers={"x-stillroom-task": TASK},
+            )
+            assert response.status_code == 200
+            served[f"user-{n}"] = response.headers["x-stillroom-served-by"]
+        share = Counter(served.values())["student"] / len(served)
+        assert 0.27 <= share <= 0.33
+        for n in range(0, 2000, 50):
+            again = client.post(
+                "/v1/chat/completions",
+                json={
+                    "model": "gpt-4o-mini",
+                    "messages": [SYSTEM, {"role": "user", "content": "something else"}],
+                    "user": f"user-{n}",
+                },
+                headers={"x-stillroom-task": TASK},
+            )
+            assert again.headers["x-stillroom-served-by"] == served[f"user-{n}"]
+
+
+def test_buckets_are_stable_and_spread_evenly() -> None:
+    values = [bucket(TASK, f"user-{n}") for n in range(10_000)]
+    assert values == [bucket(TASK, f"user-{n}") for n in range(10_000)]
+    assert 0.28 < sum(v < 30 for v in values) / len(values) < 0.32
+
+
+def test_low_confidence_answer_is_escalated_to_the_teacher(
+    routed_proxy: Callable[..., RunningProxy], vllm: FakeVllm, teacher: FakeTeacher
+) -> None:
+    proxy = routed_proxy(threshold=-0.5)
+    set_policy(proxy, mode="live", cutover_percent=100, audit_percent=0)
+    vllm.token_logprobs[ADAPTER] = -2.0
+    vllm.answers[ADAPTER] = "refund"
+    response = ask(proxy)
+    assert response.headers["x-stillroom-served-by"] == "fallback"
+    assert response.json()["choices"][0]["message"]["content"] == "billing"
+    assert len(teacher.chat_requests()) == 1
+
+
+def test_version_without_a_calibrated_threshold_never_serves(
+    routed_proxy: Callable[..., RunningProxy], vllm: FakeVllm
+) -> None:
+    proxy = routed_proxy(threshold=None)
+    set_policy(proxy, mode="live", cutover_percent=100, audit_percent=0)
+    assert ask(proxy).headers["x-stillroom-served-by"] == "fallback"
+
+
+def test_invalid_json_answer_is_escalated_to_the_teacher(
+    routed_proxy: Callable[..., RunningProxy], vllm: FakeVllm, teacher: FakeTeacher
+) -> None:
+    proxy = routed_proxy()
+    set_policy(proxy, mode="live", cutover_percent=100, audit_percent=0)
+    vllm.answers[ADAPTER] = '{"intent": "bill'
+    response = ask(proxy, response_format={"type": "json_object"})
+    assert response.headers["x-stillroom-served-by"] == "fallback"
+    assert len(teacher.chat_requests()) == 1
+
+
+@pytest.mark.parametrize(
+    ("extra", "reason"),
+    [
+        ({"n": 2}, "n"),
+        ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]}, "tools"),
+        ({"model": "gpt-4o"}, "model"),
+    ],
+)
+def test_requests_the_student_was_not_trained_for_go_to_the_teacher(
+    routed_proxy: Callable[..., RunningProxy],
+    vllm: FakeVllm,
+    extra: dict[str, object],
+    reason: str,
+) -> None:
+    proxy = routed_proxy()
+    set_policy(proxy, mode="live", cutover_percent=100, audit_percent=0)
+    assert ask(proxy, **extra).headers["x-stillroom-served-by"] == "teacher"
+    assert ask(proxy, text="x" * 1000).headers["x-stillroom-served-by"] == "teacher"
+    assert student_calls(vllm) == 0
+    metrics = httpx.get(proxy.url + "/metrics").text
+    assert f'stillroom_routing_decisions_total{{reason="{reason}",task="{TASK}"}} 1.0' in metrics
+
+
+def test_student_killed_mid_run_never_reaches_the_client(
+    routed_proxy: Callable[..., RunningProxy], vllm: FakeVllm
+) -> None:
+    proxy = routed_proxy()
+    set_policy(proxy, mode="live", cutover_percent=100, audit_percent=0)
+    served = []
+    for n in range(30):
+        if n == 10:
+            vllm.server.stop()  # type: ignore[attr-defined]
+        response = ask(proxy, text=f"question {n}")
+        assert response.status_code == 200
+        served.append(response.headers["x-stillroom-served-by"])
+    assert served[:10] == ["student"] * 10
+    assert served[10:] == ["fallback"] * 20
+
+
+def test_slow_student_times_out_to_the_teacher(
+    routed_proxy: Callable[..., RunningProxy], vllm: FakeVllm
+) -> None:
+    proxy = routed_proxy(student_timeout_seconds=0.3)
+    set_policy(proxy, mode="live", cutover_percent=100, audit_percent=0)
+    vllm.delay = 1.0
+    started = time.monotonic()
+    response = ask(proxy)
+    assert response.headers["x-stillroom-served-by"] == "fallback"
+    assert time.monotonic() - started < 1.0
+
+
+def test_shadow_scores_the_student_without_slowing_the_client(
+    routed_proxy: Callable[..., RunningProxy], vllm: FakeVllm, teacher: FakeTeacher
+) -> None:
+    proxy = routed_proxy()
+    set_policy(proxy, mode="shadow", shadow_percent=100)
+    vllm.delay = 1.5
+    started = time.monotonic()
+    response = ask(proxy)
+    elapsed = time.monotonic() - started
+    assert response.headers["x-stillroom-served-by"] == "teacher"
+    assert elapsed < 1.0, "the client waited for the shadow call"
+
+    def scored() -> list[ShadowResult]:
+        with Session(proxy.engine) as session:
+            return list(session.exec(select(ShadowResult)).all())
+
+    wait_until(lambda: len(scored()) == 1, timeout=10)
+    [result] = scored()
+    assert result.kind == "shadow"
+    assert result.agrees
+    assert (result.student_answer, result.teacher_answer) == ("billing", "billing")
+
+
+def test_audit_asks_the_teacher_about_live_student_answers(
+    routed_proxy: Callable[..., RunningProxy], vllm: FakeVllm, teacher: FakeTeacher
+) -> None:
+    proxy = routed_proxy()
+    set_policy(proxy, mode="live", cutover_percent=100, audit_percent=100)
+    vllm.answers[ADAPTER] = "refund"
+    assert ask(proxy).headers["x-stillroom-served-by"] == "student"
+
+    def audits() -> list[ShadowResult]:
+        with Session(proxy.engine) as session:
+            return list(session.exec(select(ShadowResult)).all())
+
+    wait_until(lambda: len(audits()) == 1, timeout=10)
+    [audit] = audits()
+    assert audit.kind == "audit"
+    assert not audit.agrees
+    assert teacher.chat_requests()[0].headers["authorization"] == "Bearer sk-client"
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"cutover_percent": 101},
+        {"cutover_percent": -1},
+        {"mode": "turbo"},
+        {"colour": "red"},
+    ],
+)
+def test_invalid_policy_changes_are_refused_and_change_nothing(
+    routed_proxy: Callable[..., RunningProxy], change: dict[str, object]
+) -> None:
+    proxy = routed_proxy()
+    before = httpx.get(proxy.url + f"/admin/tasks/{TASK}").json()
+    response = httpx.patch(proxy.url + f"/admin/tasks/{TASK}", json={"mode": "live", **change})
+    assert response.status_code == 400
+    validate_error(response.json())
+    assert httpx.get(proxy.url + f"/admin/tasks/{TASK}").json() == before
+
+
+def test_unknown_task_is_a_404(routed_proxy: Callable[..., RunningProxy]) -> None:
+    proxy = routed_proxy()
+    response = httpx.patch(proxy.url + "/admin/tasks/nope", json={"mode": "live"})
+    assert response.status_code == 404
+    validate_error(response.json())

@@ -1,0 +1,120 @@
+"""A task with a published student version on a fake vLLM, behind a real proxy."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlmodel import Session
+
+from core.settings import Settings
+from core.store import create_store_engine, create_tables
+from core.tables import StudentVersion, Task
+
+from conftest import RunningProxy
+from fakes.teacher import FakeTeacher
+from fakes.vllm import FakeVllm, write_adapter_config
+from servers import ServerThread
+
+TASK = "intent"
+ADAPTER = "intent-v1"
+SYSTEM = {"role": "system", "content": "Answer with the intent."}
+
+
+@pytest.fixture
+def vllm(tmp_path: Path) -> Iterator[FakeVllm]:
+    fake = FakeVllm()
+    fake.answers[ADAPTER] = "billing"
+    fake.adapters[ADAPTER] = str(write_adapter_config(tmp_path / "adapter"))
+    server = ServerThread(fake.app).start()
+    fake.url = server.url
+    fake.server = server  # type: ignore[attr-defined]
+    yield fake
+    server.stop()
+
+
+def publish_version(database_url: str, *, threshold: float | None = -1.0) -> str:
+    """A task whose live version is ``intent-v1`` (as the distiller leaves it)."""
+    engine = create_store_engine(database_url)
+    create_tables(engine)
+    version_id = uuid.uuid4().hex
+    with Session(engine) as session:
+        session.add(Task(name=TASK, active_version_id=version_id))
+        session.add(
+            StudentVersion(
+                id=version_id,
+                task=TASK,
+                number=1,
+                state="published",
+                base_model="tiny",
+                adapter_name=ADAPTER,
+                adapter_path="/adapters/intent/v1",
+                metric="label",
+                agreement=0.97,
+                confidence_threshold=threshold,
+                retained_share=0.9,
+                evaluation={
+                    "profile": {
+                        "models": ["gpt-4o-mini"],
+                        "response_formats": ["json_object", "text"],
+                        "tools": False,
+                        "max_prompt_chars": 200,
+                    }
+                },
+            )
+        )
+        session.commit()
+    engine.dispose()
+    return version_id
+
+
+@pytest.fixture
+def routed_proxy(
+    teacher: FakeTeacher,
+    vllm: FakeVllm,
+    sqlite_url: str,
+    make_settings: Callable[..., Settings],
+    start_proxy: Callable[..., RunningProxy],
+) -> Callable[..., RunningProxy]:
+    teacher.responder = lambda payload: "billing"
+
+    def start(threshold: float | None = -1.0, **overrides: Any) -> RunningProxy:
+        url = overrides.pop("database_url", sqlite_url)
+        publish_version(url, threshold=threshold)
+        values = {
+            "teacher_url": teacher.url + "/v1",
+            "student_url": vllm.url,
+            "database_url": url,
+            "policy_refresh_seconds": 0.2,
+            "student_timeout_seconds": 2.0,
+        }
+        values.update(overrides)
+        return start_proxy(make_settings(**values))
+
+    return start
+
+
+def set_policy(proxy: RunningProxy, **changes: Any) -> dict[str, Any]:
+    response = httpx.patch(proxy.url + f"/admin/tasks/{TASK}", json=changes)
+    assert response.status_code == 200, response.text
+    time.sleep(0.5)  # a policy refresh
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def ask(proxy: RunningProxy, text: str = "my bill is wrong", **extra: Any) -> httpx.Response:
+    return httpx.post(
+        proxy.url + "/v1/chat/completions",
+        json={
+            "model": "gpt-4o-mini",
+            "messages": [SYSTEM, {"role": "user", "content": text}],
+            **extra,
+        },
+        headers={"x-stillroom-task": TASK, "authorization": "Bearer sk-client"},
+        timeout=10,
+    )
