@@ -273,3 +273,23 @@ def test_unknown_task_is_a_404(routed_proxy: Callable[..., RunningProxy]) -> Non
     response = httpx.patch(proxy.url + "/admin/tasks/nope", json={"mode": "live"})
     assert response.status_code == 404
     validate_error(response.json())
+
+
+@pytest.mark.postgres
+def test_policy_change_through_one_replica_reaches_the_other_within_two_seconds(
+    routed_proxy: Callable[..., RunningProxy],
+    start_proxy: Callable[..., RunningProxy],
+    postgres_url: str,
+) -> None:
+    first = routed_proxy(database_url=postgres_url, policy_refresh_seconds=1.0)
+    second = start_proxy(first.settings)
+    assert ask(second).headers["x-stillroom-served-by"] == "teacher"
+    response = httpx.patch(
+        first.url + f"/admin/tasks/{TASK}",
+        json={"mode": "live", "cutover_percent": 100, "audit_percent": 0},
+    )
+    assert response.status_code == 200
+    changed = time.monotonic()
+    while ask(second).headers["x-stillroom-served-by"] != "student":
+        assert time.monotonic() - changed < 2.0, "the second replica kept the old policy"
+        time.sleep(0.05)
