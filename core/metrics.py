@@ -139,6 +139,19 @@ class Metrics:
             ["task"],
             registry=r,
         )
+        self.drift_score = Gauge(
+            "stillroom_drift_score",
+            "Latest drift check per task: input (ratio, 1 means none) and agreement (window "
+            "agreement of shadow and audit pairs).",
+            ["task", "kind"],
+            registry=r,
+        )
+        self.step_downs = Counter(
+            "stillroom_drift_step_downs",
+            "Times a live task stepped down to shadow on drift, by reason.",
+            ["task", "reason"],
+            registry=r,
+        )
         for served_by in SERVED_BY:
             for stream in ("true", "false"):
                 self.request_seconds.labels(served_by=served_by, stream=stream)

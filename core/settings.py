@@ -205,6 +205,27 @@ class Settings(BaseSettings):
         gt=0,
         description="How often each proxy re-reads routing policies from the store.",
     )
+    drift_check_seconds: float = Field(
+        default=60.0, gt=0, description="How often live and shadow tasks are checked for drift."
+    )
+    drift_window: int = Field(
+        default=200, ge=1, description="Latest scored pairs, and latest inputs, a check looks at."
+    )
+    drift_min_samples: int = Field(
+        default=30, ge=1, description="Fewest scored pairs or inputs a drift check acts on."
+    )
+    drift_agreement_floor: float = Field(
+        default=0.85,
+        gt=0,
+        le=1,
+        description="Window agreement below which a live task steps down to shadow.",
+    )
+    drift_input_ratio: float = Field(
+        default=1.5,
+        gt=1,
+        description="Input drift (recent distance over held-out distance to "
+        "the training inputs) above which a live task steps down to shadow.",
+    )
     lora_epochs: int = Field(default=3, ge=1, description="LoRA training epochs.")
     lora_rank: int = Field(default=16, ge=1, description="LoRA rank r (alpha is 2r).")
     lora_learning_rate: float = Field(default=2e-4, gt=0, description="LoRA learning rate.")

@@ -6,6 +6,8 @@ synchronous (SQLAlchemy's), so async callers run them in a worker thread.
 
 from __future__ import annotations
 
+import hashlib
+import uuid
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -15,8 +17,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine, make_url
 from sqlmodel import Session, SQLModel, col, func, select
 
-from core.errors import ConfigurationError
-from core.tables import Exchange, ExchangeCreate, Task
+from core.errors import ConfigurationError, NotFoundError
+from core.tables import Exchange, ExchangeCreate, Task, TrainingRun
 
 # Taken while creating tables so that replicas starting together do not race on DDL.
 _SCHEMA_LOCK_ID = 0x5714_1200
@@ -151,3 +153,30 @@ def count_exchanges(
     if statuses is not None:
         query = query.where(col(Exchange.status).in_(list(statuses)))
     return session.exec(query).one()
+
+
+def queue_training(*, engine: Engine, task: str, trigger: str = "manual") -> TrainingRun:
+    """A queued run for ``task``, or the one already queued or running."""
+    with Session(engine) as session, session.begin():
+        if engine.dialect.name == "postgresql":
+            # Two distillers checking at once must not both queue the task.
+            session.connection().execute(
+                sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _queue_lock_key(task)}
+            )
+        if session.get(Task, task) is None:
+            raise NotFoundError(f"unknown task {task!r}", param="task")
+        pending = session.exec(
+            select(TrainingRun).where(
+                TrainingRun.task == task, col(TrainingRun.state).in_(["queued", "running"])
+            )
+        ).first()
+        run = pending or TrainingRun(id=uuid.uuid4().hex, task=task, trigger=trigger)
+        session.add(run)
+        session.flush()
+        session.expunge(run)
+    return run
+
+
+def _queue_lock_key(task: str) -> int:
+    digest = hashlib.sha256(b"queue:" + task.encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)

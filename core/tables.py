@@ -176,3 +176,26 @@ class ShadowResult(SQLModel, table=True):
     teacher_answer: str = Field(sa_type=sa.Text)
     student_latency_ms: float | None = None
     created_at: datetime = Field(default_factory=utcnow, sa_type=sa.DateTime(timezone=True))
+
+
+class DriftReport(SQLModel, table=True):
+    """One drift check of a task's live version, and what it led to."""
+
+    __tablename__ = "drift_reports"
+
+    id: str = Field(primary_key=True, max_length=32)
+    task: str = Field(index=True, max_length=TASK_NAME_MAX)
+    version_id: str = Field(max_length=32)
+    input_drift: float | None = Field(
+        default=None,
+        description="recent inputs' distance to the training set, over the "
+        "held-out inputs' (1.0: no drift)",
+    )
+    window_agreement: float | None = Field(
+        default=None, description="agreement of the latest shadow and audit pairs"
+    )
+    scored_pairs: int = 0
+    drifted: bool = False
+    action: str = Field(default="none", max_length=32, description="none, stepped_down")
+    reason: str | None = Field(default=None, sa_type=sa.Text)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=sa.DateTime(timezone=True))

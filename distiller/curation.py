@@ -8,7 +8,6 @@ is counted under the reason it was left out.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from collections import Counter
@@ -19,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from core.agreement import Shape, ShapeRules, detect_shape, normalise_label, parse_json_object
+from core.profile import in_heldout, prompt_key
 from core.tables import Exchange
 
 GOOD_FINISH = frozenset({"stop", "tool_calls"})
@@ -91,25 +91,6 @@ def answer_of(exchange: Exchange) -> tuple[str | None, str]:
     if fmt in ("json_object", "json_schema") and parse_json_object(content) is None:
         return None, "invalid_json"
     return str(content), "ok"
-
-
-def prompt_key(messages: Sequence[dict[str, Any]]) -> str:
-    """What distinguishes one prompt from another: the non-system turns, normalised."""
-    parts = []
-    for message in messages:
-        if message.get("role") in ("system", "developer"):
-            continue
-        content = message.get("content")
-        if isinstance(content, list):
-            content = " ".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
-        parts.append(f"{message.get('role')}: {' '.join(str(content or '').split()).lower()}")
-    return "\n".join(parts)
-
-
-def in_heldout(key: str, percent: int) -> bool:
-    """Stable split: the same prompt is always on the same side."""
-    bucket = int.from_bytes(hashlib.sha256(key.encode()).digest()[:4], "big") % 100
-    return bucket < percent
 
 
 _PII = [

@@ -9,7 +9,6 @@ one transaction. The previous version stays loadable for rollback.
 
 from __future__ import annotations
 
-import hashlib
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -197,33 +196,6 @@ def _set_state(engine: Engine, version_id: str, state: str, reason: str | None) 
 
 def reject(*, engine: Engine, version: StudentVersion, reason: str) -> StudentVersion:
     return _set_state(engine, version.id, "rejected", reason)
-
-
-def queue_training(*, engine: Engine, task: str, trigger: str = "manual") -> TrainingRun:
-    """A queued run for ``task``, or the one already queued or running."""
-    with Session(engine) as session, session.begin():
-        if engine.dialect.name == "postgresql":
-            # Two distillers checking at once must not both queue the task.
-            session.connection().execute(
-                sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _queue_lock_key(task)}
-            )
-        if session.get(Task, task) is None:
-            raise NotFoundError(f"unknown task {task!r}", param="task")
-        pending = session.exec(
-            select(TrainingRun).where(
-                TrainingRun.task == task, col(TrainingRun.state).in_(["queued", "running"])
-            )
-        ).first()
-        run = pending or TrainingRun(id=new_id(), task=task, trigger=trigger)
-        session.add(run)
-        session.flush()
-        session.expunge(run)
-    return run
-
-
-def _queue_lock_key(task: str) -> int:
-    digest = hashlib.sha256(b"queue:" + task.encode()).digest()
-    return int.from_bytes(digest[:8], "big", signed=True)
 
 
 def claim_run(*, engine: Engine, run_id: str) -> bool:

@@ -15,6 +15,7 @@ import sqlalchemy as sa
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from sqlmodel import Session, col, func, select
 
+from core.store import queue_training
 from core.tables import Exchange, StudentVersion, TrainingRun
 from distiller import registry
 from distiller.pipeline import Pipeline
@@ -102,7 +103,7 @@ class Distiller:
     async def queue_due_tasks(self) -> list[TrainingRun]:
         runs = []
         for task in self.due_tasks():
-            runs.append(registry.queue_training(engine=self.engine, task=task, trigger="schedule"))
+            runs.append(queue_training(engine=self.engine, task=task, trigger="schedule"))
             log.info("queued training of %s: enough new pairs", task)
         return runs
 

@@ -22,7 +22,7 @@ from core.errors import (
     NotFoundError,
     PermissionDeniedError,
 )
-from core.store import list_exchanges, list_tasks
+from core.store import list_exchanges, list_tasks, queue_training
 from core.tables import Exchange, StudentVersion, Task
 from distiller import registry
 from distiller.curation import CurationConfig, curate
@@ -144,7 +144,7 @@ def patch_task(task: str, update: TaskUpdate, runtime: RuntimeDep) -> dict[str, 
 
 @router.post("/tasks/{task}/train", status_code=202)
 def post_train(task: str, runtime: RuntimeDep) -> dict[str, Any]:
-    run = registry.queue_training(engine=runtime.engine, task=task)
+    run = queue_training(engine=runtime.engine, task=task)
     return run.model_dump(mode="json")
 
 

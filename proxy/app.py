@@ -25,6 +25,7 @@ from proxy.errors import install_error_handlers
 from proxy.routes import install_openai_routes
 from proxy.runtime import Runtime
 from proxy.teacher import Teacher, create_teacher_http_client
+from router.drift import DriftLoop, DriftMonitor
 from router.policy import PolicyCache
 from router.scoring import Scorer
 from router.student import StudentClient
@@ -49,11 +50,14 @@ def create_app(
         runtime = await _start(settings, teacher_transport, registry)
         app.state.runtime = runtime
         scheduler = start_distiller(runtime) if distiller else None
+        drift = start_drift_checks(runtime) if distiller else None
         try:
             yield
         finally:
             if scheduler is not None:
                 scheduler.stop()
+            if drift is not None:
+                await drift.close()
             await _stop(runtime)
 
     app = FastAPI(
@@ -142,6 +146,20 @@ def start_distiller(runtime: Runtime) -> Distiller:
     distiller = Distiller(pipeline)
     distiller.start()
     return distiller
+
+
+def start_drift_checks(runtime: Runtime) -> DriftLoop:
+    """Drift checks of live and shadow tasks (one process per deployment runs them: the
+    distiller, or ``serve``)."""
+    monitor = DriftMonitor(
+        engine=runtime.engine,
+        encoder=Encoder(runtime.settings.embedding_model),
+        settings=runtime.settings,
+        metrics=runtime.metrics,
+    )
+    loop = DriftLoop(monitor, runtime.settings.drift_check_seconds)
+    loop.start()
+    return loop
 
 
 async def _stop(runtime: Runtime) -> None:

@@ -16,6 +16,7 @@ import httpx
 import uvicorn
 
 from core.embedding import Encoder
+from core.metrics import Metrics
 from core.settings import Settings
 from core.store import create_store_engine, create_tables
 from distiller.backends import create_student_backend
@@ -24,6 +25,7 @@ from distiller.pipeline import Pipeline
 from distiller.registry import sync_adapters
 from distiller.scheduler import Distiller
 from distiller.student_server import create_student_app
+from router.drift import DriftLoop, DriftMonitor
 
 log = logging.getLogger("stillroom")
 
@@ -133,6 +135,13 @@ async def _distill_forever(settings: Settings) -> None:
         )
         distiller = Distiller(pipeline)
         distiller.start()
+        drift = DriftLoop(
+            DriftMonitor(
+                engine=engine, encoder=pipeline.encoder, settings=settings, metrics=Metrics()
+            ),
+            settings.drift_check_seconds,
+        )
+        drift.start()
         log.info(
             "distiller running: looking for tasks every %ss", settings.distill_interval_seconds
         )
@@ -149,6 +158,7 @@ async def _distill_forever(settings: Settings) -> None:
                     await with_timeout
         finally:
             distiller.stop()
+            await drift.close()
             engine.dispose()
 
 

@@ -16,7 +16,7 @@ from sqlmodel import Session
 
 from core.embedding import Encoder
 from core.settings import Settings
-from core.store import create_store_engine, create_tables, insert_exchanges
+from core.store import create_store_engine, create_tables, insert_exchanges, queue_training
 from core.tables import ExchangeCreate, Task
 from distiller import registry
 from distiller.backends import HttpStudentBackend
@@ -129,7 +129,7 @@ async def test_adapter_the_student_server_refuses_is_not_published(
         insert_exchanges(engine=line.engine, exchanges=pairs(100))
         adapter = (tmp_path / "data" / "adapters" / TASK / "v1").resolve()
         vllm.load_errors[str(adapter)] = "Loading lora yes-no-v1 failed: invalid weights"
-        run = registry.queue_training(engine=line.engine, task=TASK)
+        run = queue_training(engine=line.engine, task=TASK)
         assert registry.claim_run(engine=line.engine, run_id=run.id)
         version = await line.run(run)
     assert version is not None
@@ -154,7 +154,7 @@ async def test_adapter_that_answers_nothing_fails_its_health_check(
     async with httpx.AsyncClient() as client:
         line = pipeline(sqlite_url, tmp_path / "data", tiny_model, vllm, encoder, client, engines)
         insert_exchanges(engine=line.engine, exchanges=pairs(100))
-        run = registry.queue_training(engine=line.engine, task=TASK)
+        run = queue_training(engine=line.engine, task=TASK)
         assert registry.claim_run(engine=line.engine, run_id=run.id)
         version = await line.run(run)
     assert version is not None

@@ -16,7 +16,7 @@ from sqlmodel import Session
 
 from core.embedding import Encoder
 from core.settings import Settings
-from core.store import create_store_engine, create_tables, insert_exchanges
+from core.store import create_store_engine, create_tables, insert_exchanges, queue_training
 from core.tables import ExchangeCreate
 from distiller import registry
 from distiller.backends import HttpStudentBackend
@@ -115,7 +115,7 @@ async def test_smollm2_student_beats_its_base_model_by_a_wide_margin(
             backend=HttpStudentBackend(vllm.url, client),
             encoder=Encoder(),
         )
-        run = registry.queue_training(engine=engine, task=TASK)
+        run = queue_training(engine=engine, task=TASK)
         assert registry.claim_run(engine=engine, run_id=run.id)
         version = await pipeline.run(run)
     with Session(engine) as session:

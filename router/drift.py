@@ -1,0 +1,226 @@
+"""Drift: when a live student's inputs or agreement move away from what it was published
+on, the task steps down from live to shadow and a retraining is queued.
+
+- Input drift: the mean distance (1 - cosine, MiniLM) of the latest inputs to their nearest
+  training input, over the same for the version's held-out inputs. 1.0 means recent traffic
+  is as close to the training set as held-out traffic was.
+- Agreement drift: agreement of the latest shadow and audit pairs of the live version.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, col, select
+
+from core.embedding import Encoder
+from core.metrics import Metrics
+from core.profile import in_heldout, prompt_key
+from core.settings import Settings
+from core.store import queue_training
+from core.tables import DriftReport, Exchange, ShadowResult, StudentVersion, Task
+
+log = logging.getLogger("stillroom.router")
+
+_REFERENCE_LIMIT = 2000
+# Held-out inputs can sit almost on top of training ones (templated traffic); a distance
+# floor keeps the ratio from calling ordinary variation drift.
+_BASELINE_FLOOR = 0.1
+
+
+@dataclass
+class _Reference:
+    """A version's training inputs (indexed) and its held-out baseline distance."""
+
+    index: Any
+    baseline: float
+
+
+@dataclass
+class DriftMonitor:
+    engine: Engine
+    encoder: Encoder
+    settings: Settings
+    metrics: Metrics
+    _references: dict[str, _Reference | None] = field(default_factory=dict)
+
+    async def check_all(self) -> list[DriftReport]:
+        """Check every live or shadow task that has an active version."""
+        with Session(self.engine) as session:
+            tasks = session.exec(
+                select(Task).where(
+                    col(Task.mode).in_(["live", "shadow"]),
+                    col(Task.active_version_id).is_not(None),
+                )
+            ).all()
+            names = [t.name for t in tasks]
+        reports = []
+        for name in names:
+            report = await asyncio.to_thread(self.check, name)
+            if report is not None:
+                reports.append(report)
+        return reports
+
+    def check(self, task: str) -> DriftReport | None:
+        with Session(self.engine) as session:
+            row = session.get(Task, task)
+            if row is None or row.active_version_id is None:
+                return None
+            version = session.get(StudentVersion, row.active_version_id)
+            if version is None:
+                return None
+            session.expunge(version)
+            mode = row.mode
+        agreement, pairs = self._window_agreement(version)
+        input_drift = self._input_drift(version)
+        reasons: dict[str, str] = {}
+        if agreement is not None and agreement < self.settings.drift_agreement_floor:
+            reasons["agreement"] = (
+                f"agreement {agreement:.1%} over the latest {pairs} scored pairs is below "
+                f"{self.settings.drift_agreement_floor:.0%}"
+            )
+        if input_drift is not None and input_drift > self.settings.drift_input_ratio:
+            reasons["input"] = (
+                f"recent inputs are {input_drift:.2f}x as far from the training set as "
+                f"held-out inputs (limit {self.settings.drift_input_ratio:g}x)"
+            )
+        if agreement is not None:
+            self.metrics.drift_score.labels(task=task, kind="agreement").set(agreement)
+        if input_drift is not None:
+            self.metrics.drift_score.labels(task=task, kind="input").set(input_drift)
+        action = "none"
+        if reasons and mode == "live":
+            action = "stepped_down"
+            self._step_down(
+                task,
+                "agreement"
+                if agreement is not None and any(r.startswith("agreement") for r in reasons)
+                else "input",
+            )
+        report = DriftReport(
+            id=uuid.uuid4().hex,
+            task=task,
+            version_id=version.id,
+            input_drift=input_drift,
+            window_agreement=agreement,
+            scored_pairs=pairs,
+            drifted=bool(reasons),
+            action=action,
+            reason="; ".join(reasons.values()) or None,
+        )
+        with Session(self.engine) as session:
+            session.add(report)
+            session.commit()
+            session.refresh(report)
+            session.expunge(report)
+        if reasons:
+            log.warning("drift on %s (%s): %s", task, action, report.reason)
+        return report
+
+    def _step_down(self, task: str, reason: str) -> None:
+        with self.engine.begin() as connection:
+            connection.execute(
+                sa.update(Task)
+                .where(col(Task.name) == task, col(Task.mode) == "live")
+                .values(mode="shadow")
+            )
+        queue_training(engine=self.engine, task=task, trigger="drift")
+        self.metrics.step_downs.labels(task=task, reason=reason).inc()
+
+    def _window_agreement(self, version: StudentVersion) -> tuple[float | None, int]:
+        with Session(self.engine) as session:
+            rows = session.exec(
+                select(ShadowResult.agrees)
+                .where(ShadowResult.version_id == version.id)
+                .order_by(col(ShadowResult.created_at).desc())
+                .limit(self.settings.drift_window)
+            ).all()
+        if len(rows) < self.settings.drift_min_samples:
+            return None, len(rows)
+        return sum(rows) / len(rows), len(rows)
+
+    def _input_drift(self, version: StudentVersion) -> float | None:
+        reference = self._reference(version)
+        if reference is None:
+            return None
+        with Session(self.engine) as session:
+            recent = session.exec(
+                select(Exchange.request)
+                .where(Exchange.task == version.task, Exchange.created_at > version.created_at)
+                .order_by(col(Exchange.created_at).desc())
+                .limit(self.settings.drift_window)
+            ).all()
+        if len(recent) < self.settings.drift_min_samples:
+            return None
+        distance = self._distance(reference, [prompt_key(r.get("messages") or []) for r in recent])
+        return distance / reference.baseline
+
+    def _reference(self, version: StudentVersion) -> _Reference | None:
+        if version.id in self._references:
+            return self._references[version.id]
+        with Session(self.engine) as session:
+            requests = session.exec(
+                select(Exchange.request)
+                .where(
+                    Exchange.task == version.task,
+                    Exchange.status == "ok",
+                    Exchange.served_by != "student",
+                    Exchange.created_at <= version.created_at,
+                )
+                .order_by(col(Exchange.created_at).desc())
+                .limit(_REFERENCE_LIMIT)
+            ).all()
+        keys = sorted({prompt_key(r.get("messages") or []) for r in requests})
+        train = [k for k in keys if not in_heldout(k, self.settings.heldout_percent)]
+        heldout = [k for k in keys if in_heldout(k, self.settings.heldout_percent)]
+        reference = None
+        if len(train) >= self.settings.drift_min_samples and len(heldout) >= 5:
+            import faiss
+
+            vectors = self.encoder.encode(train)
+            index = faiss.IndexFlatIP(vectors.shape[1])
+            index.add(np.ascontiguousarray(vectors))
+            probe = _Reference(index=index, baseline=1.0)
+            baseline = self._distance(probe, heldout)
+            reference = _Reference(index=index, baseline=max(baseline, _BASELINE_FLOOR))
+        self._references[version.id] = reference
+        return reference
+
+    def _distance(self, reference: _Reference, texts: list[str]) -> float:
+        vectors = np.ascontiguousarray(self.encoder.encode(texts))
+        similarity, _ = reference.index.search(vectors, 1)
+        return float(np.mean(1.0 - similarity[:, 0]))
+
+
+class DriftLoop:
+    """Runs :meth:`DriftMonitor.check_all` every ``interval`` seconds in the background."""
+
+    def __init__(self, monitor: DriftMonitor, interval: float) -> None:
+        self.monitor = monitor
+        self.interval = interval
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name="stillroom-drift")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            try:
+                await self.monitor.check_all()
+            except Exception:
+                log.exception("drift check failed")
