@@ -205,6 +205,26 @@ class Settings(BaseSettings):
         gt=0,
         description="How often each proxy re-reads routing policies from the store.",
     )
+    difficulty_gate: bool = Field(
+        default=True,
+        description="Send inputs whose nearest known neighbours the student got "
+        "wrong straight to the teacher.",
+    )
+    difficulty_neighbours: int = Field(
+        default=5, ge=1, description="Nearest past inputs the difficulty gate looks at."
+    )
+    difficulty_min_agreement: float = Field(
+        default=0.5,
+        ge=0,
+        le=1,
+        description="Neighbours' agreement below which an input is too difficult for the student.",
+    )
+    ramp_min_pairs: int = Field(
+        default=50,
+        ge=1,
+        description="Scored pairs at the target agreement an auto-ramp "
+        "stage needs before the next.",
+    )
     drift_check_seconds: float = Field(
         default=60.0, gt=0, description="How often live and shadow tasks are checked for drift."
     )

@@ -46,6 +46,14 @@ class Task(SQLModel, table=True):
     confidence_threshold: float | None = Field(
         default=None, description="overrides the live version's calibrated threshold"
     )
+    auto_ramp: bool = Field(
+        default=False, description="shadow, then live 10, 25, 50, 100% as agreement holds"
+    )
+    stage_started_at: datetime | None = Field(
+        default=None,
+        sa_type=sa.DateTime(timezone=True),
+        description="when the task entered its current mode and cutover",
+    )
 
 
 class ExchangeBase(SQLModel):
@@ -169,6 +177,9 @@ class ShadowResult(SQLModel, table=True):
     version_id: str = Field(max_length=32)
     kind: str = Field(max_length=16, description="shadow or audit")
     exchange_id: str | None = Field(default=None, max_length=32)
+    input_text: str | None = Field(
+        default=None, sa_type=sa.Text, description="the request's prompt key (non-system turns)"
+    )
     agrees: bool
     score: float
     confidence: float | None = None

@@ -206,7 +206,12 @@ class Pipeline:
             confidence_threshold=calibration.threshold,
             retained_share=calibration.retained_share,
             retained_agreement=calibration.retained_agreement,
-            evaluation={**evaluation.summary(), "profile": profile},
+            evaluation={
+                **evaluation.summary(),
+                "profile": profile,
+                # Which held-out inputs the student got right: the difficulty gate's seed.
+                "heldout": [[d["exchange_id"], d["agrees"]] for d in evaluation.details],
+            },
         )
         with Session(self.engine) as session, session.begin():
             session.add(version)

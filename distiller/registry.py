@@ -111,6 +111,11 @@ async def publish(
         row.reason = None
         row.published_at = now()
         task.active_version_id = row.id
+        if task.auto_ramp:
+            # A new version earns its traffic again from shadow.
+            task.mode = "shadow"
+            task.cutover_percent = 0.0
+            task.stage_started_at = row.published_at
         session.flush()
         session.expunge(row)
     return row

@@ -92,6 +92,7 @@ def task_summary(session: Session, task: Task) -> dict[str, Any]:
         "audit_percent": task.audit_percent,
         "confidence_threshold": task.confidence_threshold,
         "target_agreement": task.target_agreement,
+        "auto_ramp": task.auto_ramp,
         "exchanges": {"total": sum(counts.values()), **counts},
         "cost_usd": float(cost or 0.0),
         "active_version": version_public(active) if active else None,
@@ -123,6 +124,7 @@ class TaskUpdate(BaseModel):
     audit_percent: float | None = Field(default=None, ge=0, le=100)
     confidence_threshold: float | None = Field(default=None, le=0)
     target_agreement: float | None = Field(default=None, gt=0, le=1)
+    auto_ramp: bool | None = None
 
 
 @router.patch("/tasks/{task}")
@@ -138,6 +140,8 @@ def patch_task(task: str, update: TaskUpdate, runtime: RuntimeDep) -> dict[str, 
             )
         for name, value in changes.items():
             setattr(row, name, value)
+        if {"mode", "cutover_percent"} & changes.keys():
+            row.stage_started_at = registry.now()
         session.flush()
         return task_summary(session, row)
 

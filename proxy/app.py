@@ -25,6 +25,7 @@ from proxy.errors import install_error_handlers
 from proxy.routes import install_openai_routes
 from proxy.runtime import Runtime
 from proxy.teacher import Teacher, create_teacher_http_client
+from router.difficulty import DifficultyGate
 from router.drift import DriftLoop, DriftMonitor
 from router.policy import PolicyCache
 from router.scoring import Scorer
@@ -121,7 +122,16 @@ async def _start(
     await scorer.start()
     policies = PolicyCache(engine, ttl=settings.policy_refresh_seconds)
     await policies.start()
+    difficulty = None
+    if settings.difficulty_gate:
+        difficulty = DifficultyGate(
+            engine=engine,
+            encoder=encoder,
+            neighbours=settings.difficulty_neighbours,
+            min_agreement=settings.difficulty_min_agreement,
+        )
     return Runtime(
+        difficulty=difficulty,
         policies=policies,
         student_client=student_client,
         scorer=scorer,

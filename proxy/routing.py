@@ -3,6 +3,7 @@ with it when it passes its gates, and schedule shadow and audit scoring."""
 
 from __future__ import annotations
 
+import asyncio
 import random
 import time
 from typing import Any
@@ -57,6 +58,11 @@ async def route(
         metrics.routing.labels(task=policy.task, reason=decision.reason).inc()
         if policy.mode == "shadow" and sampled(policy.shadow_percent):
             recorder.on_answer = _shadow(runtime, policy, payload)
+        return None
+    if runtime.difficulty is not None and await asyncio.to_thread(
+        runtime.difficulty.is_difficult, decision.student.version_id, payload["messages"]
+    ):
+        metrics.routing.labels(task=policy.task, reason="difficult").inc()
         return None
     outcome = await ask_student(runtime.student_client, decision, chat, payload)
     if outcome.reply is not None:

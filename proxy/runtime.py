@@ -12,6 +12,7 @@ from core.settings import Settings
 from distiller.backends import StudentBackend
 from proxy.capture import CaptureWriter
 from proxy.teacher import Teacher
+from router.difficulty import DifficultyGate
 from router.policy import PolicyCache
 from router.scoring import Scorer
 from router.student import StudentClient
@@ -29,6 +30,7 @@ class Runtime:
     policies: PolicyCache
     student_client: StudentClient
     scorer: Scorer
+    difficulty: DifficultyGate | None
 
     @property
     def teacher_key(self) -> str | None:

@@ -14,6 +14,7 @@ import contextlib
 import logging
 import uuid
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -27,6 +28,7 @@ from core.profile import in_heldout, prompt_key
 from core.settings import Settings
 from core.store import queue_training
 from core.tables import DriftReport, Exchange, ShadowResult, StudentVersion, Task
+from router.ramp import ramp
 
 log = logging.getLogger("stillroom.router")
 
@@ -130,7 +132,7 @@ class DriftMonitor:
             connection.execute(
                 sa.update(Task)
                 .where(col(Task.name) == task, col(Task.mode) == "live")
-                .values(mode="shadow")
+                .values(mode="shadow", stage_started_at=datetime.now(UTC))
             )
         queue_training(engine=self.engine, task=task, trigger="drift")
         self.metrics.step_downs.labels(task=task, reason=reason).inc()
@@ -201,7 +203,7 @@ class DriftMonitor:
 
 
 class DriftLoop:
-    """Runs :meth:`DriftMonitor.check_all` every ``interval`` seconds in the background."""
+    """Every ``interval`` seconds in the background: drift checks, then auto-ramp."""
 
     def __init__(self, monitor: DriftMonitor, interval: float) -> None:
         self.monitor = monitor
@@ -222,5 +224,6 @@ class DriftLoop:
             await asyncio.sleep(self.interval)
             try:
                 await self.monitor.check_all()
+                await asyncio.to_thread(ramp, self.monitor.engine, self.monitor.settings)
             except Exception:
-                log.exception("drift check failed")
+                log.exception("drift check or auto-ramp failed")

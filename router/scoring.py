@@ -22,6 +22,7 @@ from sqlmodel import Session
 
 from core.agreement import Similarity, score
 from core.metrics import Metrics
+from core.profile import prompt_key
 from core.tables import ShadowResult
 from router.policy import Policy
 from router.student import StudentClient, StudentReply, StudentUnavailable
@@ -130,6 +131,7 @@ class Scorer:
             task=job.policy.task,
             version_id=student.version_id,
             kind=job.kind,
+            input_text=prompt_key(job.payload.get("messages") or []),
             agrees=result.agrees,
             score=result.value,
             confidence=reply.confidence if reply.confidence > float("-inf") else None,

@@ -1,0 +1,90 @@
+"""Auto-ramp: shadow, then live 10, 25, 50, 100% while scored pairs agree at the target."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
+
+from core.settings import Settings
+from core.store import create_store_engine, create_tables
+from core.tables import ShadowResult, Task
+from router.ramp import next_stage, ramp
+
+VERSION = "v" * 32
+
+
+@pytest.fixture
+def engine(database_url: str) -> Iterator[Engine]:
+    engine = create_store_engine(database_url)
+    create_tables(engine)
+    with Session(engine) as session:
+        session.add(
+            Task(
+                name="t",
+                mode="shadow",
+                auto_ramp=True,
+                active_version_id=VERSION,
+                stage_started_at=datetime.now(UTC) - timedelta(minutes=1),
+            )
+        )
+        session.commit()
+    yield engine
+    engine.dispose()
+
+
+def score(engine: Engine, count: int, *, agree: bool = True) -> None:
+    with Session(engine) as session:
+        for _ in range(count):
+            session.add(
+                ShadowResult(
+                    id=uuid.uuid4().hex,
+                    task="t",
+                    version_id=VERSION,
+                    kind="shadow",
+                    agrees=agree,
+                    score=1.0 if agree else 0.0,
+                    student_answer="a",
+                    teacher_answer="a",
+                )
+            )
+        session.commit()
+
+
+def stage(engine: Engine) -> tuple[str, float]:
+    with Session(engine) as session:
+        task = session.get(Task, "t")
+        assert task is not None
+        return task.mode, task.cutover_percent
+
+
+def test_the_ladder_goes_shadow_10_25_50_100() -> None:
+    assert next_stage("shadow", 0) == ("live", 10)
+    assert next_stage("live", 10) == ("live", 25)
+    assert next_stage("live", 50) == ("live", 100)
+    assert next_stage("live", 100) is None
+    assert next_stage("live", 30) is None, "a hand-set cutover is left alone"
+
+
+def test_each_stage_needs_enough_agreeing_pairs_of_its_own(engine: Engine) -> None:
+    settings = Settings(ramp_min_pairs=20, target_agreement=0.9)
+    score(engine, 10)
+    assert ramp(engine, settings) == []
+    score(engine, 10)
+    assert ramp(engine, settings) == [("t", "live", 10.0)]
+    assert ramp(engine, settings) == [], "the new stage starts counting afresh"
+    score(engine, 20)
+    assert ramp(engine, settings) == [("t", "live", 25.0)]
+    assert stage(engine) == ("live", 25.0)
+
+
+def test_disagreement_holds_the_task_where_it_is(engine: Engine) -> None:
+    settings = Settings(ramp_min_pairs=20, target_agreement=0.9)
+    score(engine, 15)
+    score(engine, 10, agree=False)
+    assert ramp(engine, settings) == []
+    assert stage(engine) == ("shadow", 0.0)
