@@ -12,6 +12,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+import orjson
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine, make_url
@@ -44,6 +45,8 @@ def create_store_engine(url: str, *, connect_timeout: float = 5.0) -> Engine:
     if parsed.get_backend_name() == "postgresql":
         return sa.create_engine(
             url,
+            json_serializer=_json_text,
+            json_deserializer=orjson.loads,
             pool_pre_ping=True,
             pool_size=5,
             max_overflow=5,
@@ -52,6 +55,11 @@ def create_store_engine(url: str, *, connect_timeout: float = 5.0) -> Engine:
     raise ConfigurationError(
         f"unsupported database {parsed.get_backend_name()!r}: use sqlite:/// or postgresql://"
     )
+
+
+def _json_text(value: Any) -> str:
+    # orjson: several times faster than the standard library on exchange documents.
+    return orjson.dumps(value).decode()
 
 
 def _sqlite_engine(url: str, database: str | None, timeout: float) -> Engine:

@@ -97,8 +97,8 @@ class ExchangeCreate(ExchangeBase):
     task_derived: bool = Field(default=False, description="the task was named by hash")
 
     def row(self) -> dict[str, Any]:
-        """The column values of the ``exchanges`` row."""
-        return self.model_dump(exclude={"task_derived"})
+        """The column values of the ``exchanges`` row (no copy of the documents)."""
+        return {name: getattr(self, name) for name in ExchangeBase.model_fields}
 
 
 class StudentVersion(SQLModel, table=True):
