@@ -51,7 +51,7 @@ def teacher_exchanges(intents: int, per_intent: int, seed: int = 0) -> list[Exch
     rows = [row for row in data["train"] + data["val"] if row[1] in chosen]
     random.Random(seed).shuffle(rows)
     taken: dict[str, int] = {}
-    exchanges = []
+    exchanges: list[Exchange] = []
     for text, intent in rows:
         if taken.get(intent, 0) >= per_intent:
             continue
@@ -83,7 +83,8 @@ def directory_size(path: Path) -> int:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    work = Path(tempfile.mkdtemp(prefix="stillroom-bench-"))
+    work = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="stillroom-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
     data_dir = Path(args.data_dir)
     encoder = Encoder()
     exchanges = teacher_exchanges(args.intents, args.per_intent)
@@ -139,6 +140,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     )
     evaluation_seconds = time.perf_counter() - started
     latencies.sort()
+    # What bench/router.py builds its difficulty index from: held-out inputs and results.
+    known = [
+        {"messages": e.messages, "teacher": e.answer, **detail}
+        for e, detail in zip(curated.heldout, evaluation.details, strict=True)
+    ]
+    (work / "heldout.json").write_text(json.dumps(known))
     return {
         "date": datetime.now(UTC).strftime("%Y-%m-%d"),
         "machine": f"{os.cpu_count()} cores, {platform.processor() or platform.machine()}",
@@ -188,6 +195,9 @@ def main() -> None:
     parser.add_argument("--target", type=float, default=0.95)
     parser.add_argument("--data-dir", default="stillroom-data", help="where the base model is")
     parser.add_argument("--json", help="also write the figures to this file")
+    parser.add_argument(
+        "--out", help="keep the adapter and held-out results here (for bench/router.py)"
+    )
     args = parser.parse_args()
     if args.quick:
         args.intents, args.per_intent, args.epochs = 4, 40, 1

@@ -8,6 +8,7 @@ failure comes back as an escalation reason, and the proxy lets the teacher answe
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from core.wire import ChatCompletionRequest
 from router.bucketing import in_cutover
@@ -38,7 +39,7 @@ class StudentOutcome:
 
 
 def decide(
-    policy: Policy, request: ChatCompletionRequest, payload: dict[str, object], key: str
+    policy: Policy, request: ChatCompletionRequest, payload: dict[str, Any], key: str
 ) -> Decision:
     if policy.student is None:
         return Decision(policy, False, "no_student")
@@ -46,7 +47,7 @@ def decide(
         return Decision(policy, False, policy.mode)
     if not in_cutover(policy.task, key, policy.cutover_percent):
         return Decision(policy, False, "cutover")
-    reason = ineligible_reason(request, dict(payload), policy.student.profile)
+    reason = ineligible_reason(request, payload, policy.student.profile)
     if reason is not None:
         return Decision(policy, False, reason)
     return Decision(policy, True, "student")
@@ -56,11 +57,11 @@ async def ask_student(
     client: StudentClient,
     decision: Decision,
     request: ChatCompletionRequest,
-    payload: dict[str, object],
+    payload: dict[str, Any],
 ) -> StudentOutcome:
     student = decision.student
     try:
-        reply = await client.answer(student.adapter_name, dict(payload))
+        reply = await client.answer(student.adapter_name, payload)
     except StudentUnavailable:
         return StudentOutcome(None, "student_error")
     if not confident(reply.confidence, student.confidence_threshold):
