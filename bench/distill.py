@@ -25,7 +25,6 @@ import statistics
 import tempfile
 import time
 from datetime import UTC, datetime
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -33,15 +32,14 @@ from core.embedding import Encoder
 from core.tables import Exchange
 from distiller.base_model import resolve_base_model
 from distiller.curation import CurationConfig, curate
+from distiller.datasets import clinc150_banking20
 from distiller.evaluation import StudentAnswer, evaluate
 from distiller.inference import StudentModel
 from distiller.training import LoraTrainingConfig, TrainingExample, train_lora
 
 
 def teacher_exchanges(intents: int, per_intent: int, seed: int = 0) -> list[Exchange]:
-    data = json.loads(
-        resources.files("distiller").joinpath("data/clinc150_banking20.json").read_text()
-    )
+    data = clinc150_banking20()
     chosen = data["intents"][:intents]
     system = (
         "You route banking support messages. Answer with exactly one intent name from: "

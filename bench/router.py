@@ -20,7 +20,6 @@ import argparse
 import json
 import statistics
 import time
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -31,15 +30,14 @@ from core.embedding import Encoder
 from core.profile import prompt_key
 from core.wire import ChatCompletionRequest
 from distiller.base_model import resolve_base_model
+from distiller.datasets import clinc150_banking20
 from distiller.inference import StudentModel
 from router.policy import Policy, StudentRef
 from router.route import decide
 
 
 def new_traffic(system: str, intents: list[str], limit: int) -> list[tuple[list[Any], str]]:
-    data = json.loads(
-        resources.files("distiller").joinpath("data/clinc150_banking20.json").read_text()
-    )
+    data = clinc150_banking20()
     rows = [row for row in data["test"] if row[1] in intents][:limit]
     return [
         ([{"role": "system", "content": system}, {"role": "user", "content": text}], intent)

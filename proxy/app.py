@@ -26,7 +26,8 @@ from proxy.routes import install_openai_routes
 from proxy.runtime import Runtime
 from proxy.teacher import Teacher, create_teacher_http_client
 from router.difficulty import DifficultyGate
-from router.drift import DriftLoop, DriftMonitor
+from router.drift import DriftMonitor, drift_loop
+from router.periodic import Periodic
 from router.policy import PolicyCache
 from router.scoring import Scorer
 from router.student import StudentClient
@@ -158,7 +159,7 @@ def start_distiller(runtime: Runtime) -> Distiller:
     return distiller
 
 
-def start_drift_checks(runtime: Runtime) -> DriftLoop:
+def start_drift_checks(runtime: Runtime) -> Periodic:
     """Drift checks of live and shadow tasks (one process per deployment runs them: the
     distiller, or ``serve``)."""
     monitor = DriftMonitor(
@@ -167,7 +168,7 @@ def start_drift_checks(runtime: Runtime) -> DriftLoop:
         settings=runtime.settings,
         metrics=runtime.metrics,
     )
-    loop = DriftLoop(monitor, runtime.settings.drift_check_seconds)
+    loop = drift_loop(monitor, runtime.settings.drift_check_seconds)
     loop.start()
     return loop
 

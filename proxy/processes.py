@@ -25,7 +25,7 @@ from distiller.pipeline import Pipeline
 from distiller.registry import sync_adapters
 from distiller.scheduler import Distiller
 from distiller.student_server import create_student_app
-from router.drift import DriftLoop, DriftMonitor
+from router.drift import DriftMonitor, drift_loop
 
 log = logging.getLogger("stillroom")
 
@@ -135,7 +135,7 @@ async def _distill_forever(settings: Settings) -> None:
         )
         distiller = Distiller(pipeline)
         distiller.start()
-        drift = DriftLoop(
+        drift = drift_loop(
             DriftMonitor(
                 engine=engine, encoder=pipeline.encoder, settings=settings, metrics=Metrics()
             ),

@@ -10,7 +10,6 @@ on, the task steps down from live to shadow and a retraining is queued.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import uuid
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ from core.profile import in_heldout, prompt_key
 from core.settings import Settings
 from core.store import queue_training
 from core.tables import DriftReport, Exchange, ShadowResult, StudentVersion, Task
+from router.periodic import Periodic
 from router.ramp import ramp
 
 log = logging.getLogger("stillroom.router")
@@ -202,28 +202,11 @@ class DriftMonitor:
         return float(np.mean(1.0 - similarity[:, 0]))
 
 
-class DriftLoop:
+def drift_loop(monitor: DriftMonitor, interval: float) -> Periodic:
     """Every ``interval`` seconds in the background: drift checks, then auto-ramp."""
 
-    def __init__(self, monitor: DriftMonitor, interval: float) -> None:
-        self.monitor = monitor
-        self.interval = interval
-        self._task: asyncio.Task[None] | None = None
+    async def check_and_ramp() -> None:
+        await monitor.check_all()
+        await asyncio.to_thread(ramp, monitor.engine, monitor.settings)
 
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._loop(), name="stillroom-drift")
-
-    async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    async def _loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval)
-            try:
-                await self.monitor.check_all()
-                await asyncio.to_thread(ramp, self.monitor.engine, self.monitor.settings)
-            except Exception:
-                log.exception("drift check or auto-ramp failed")
+    return Periodic("drift-and-ramp", interval, check_and_ramp)

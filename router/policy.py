@@ -4,7 +4,6 @@ that a change made through any replica takes effect on all of them within second
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -13,6 +12,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from core.tables import StudentVersion, Task
+from router.periodic import Periodic
 
 log = logging.getLogger("stillroom.router")
 
@@ -96,7 +96,7 @@ class PolicyCache:
         self.engine = engine
         self.ttl = ttl
         self._policies: dict[str, Policy] = {}
-        self._task: asyncio.Task[None] | None = None
+        self._refresher = Periodic("policy-refresh", ttl, self.refresh)
 
     def get(self, task: str) -> Policy:
         return self._policies.get(task) or Policy(task=task)
@@ -105,20 +105,11 @@ class PolicyCache:
         self._policies = await asyncio.to_thread(load_policies, self.engine)
 
     async def start(self) -> None:
-        with contextlib.suppress(Exception):
+        try:
             await self.refresh()
-        self._task = asyncio.create_task(self._loop(), name="stillroom-policy-cache")
+        except Exception as exc:  # serve with no policies (teacher only) until it answers
+            log.warning("could not load routing policies: %s", exc)
+        self._refresher.start()
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    async def _loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.ttl)
-            try:
-                await self.refresh()
-            except Exception as exc:  # keep the last policies while the store is away
-                log.warning("could not refresh routing policies: %s", exc)
+        await self._refresher.close()

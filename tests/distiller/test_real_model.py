@@ -3,11 +3,9 @@ CLINC150 intent task from a few hundred teacher answers (slow: a few minutes on 
 
 from __future__ import annotations
 
-import json
 import random
 import uuid
 from collections.abc import Iterator
-from importlib import resources
 from pathlib import Path
 
 import httpx
@@ -20,6 +18,7 @@ from core.store import create_store_engine, create_tables, insert_exchanges, que
 from core.tables import ExchangeCreate
 from distiller import registry
 from distiller.backends import HttpStudentBackend
+from distiller.datasets import clinc150_banking20
 from distiller.pipeline import Pipeline
 
 from fakes.vllm import FakeVllm
@@ -33,9 +32,7 @@ PER_INTENT = 45
 
 
 def clinc_rows() -> tuple[list[str], list[list[str]]]:
-    data = json.loads(
-        resources.files("distiller").joinpath("data/clinc150_banking20.json").read_text()
-    )
+    data = clinc150_banking20()
     intents = data["intents"][:INTENTS]
     rows = [row for row in data["train"] if row[1] in intents]
     return intents, rows
