@@ -176,6 +176,7 @@ def student_response(
     recorder: ExchangeRecorder, reply: StudentReply, chat: ChatCompletionRequest
 ) -> Response:
     completion = client_view(reply, chat)
+    recorder.upstream_seconds = reply.seconds  # the student's time is not the proxy's overhead
     recorder.record(status="ok", http_status=200, response=completion)
     if not chat.stream:
         response = Response(orjson.dumps(completion), media_type="application/json")
