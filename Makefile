@@ -32,6 +32,8 @@ lint: setup
 
 bench: setup
 	$(BIN)/python bench/overhead.py
+	$(BIN)/python bench/distill.py --out stillroom-data/bench
+	$(BIN)/python bench/router.py --from stillroom-data/bench
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -16,11 +16,17 @@ Run: ``.venv/bin/python bench/router.py --from DIR`` after ``bench/distill.py --
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+# Run as a script, this file's folder comes first on sys.path, and this file's name would
+# shadow the router package.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).parent.resolve()]
+
 import argparse
 import json
 import statistics
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -31,6 +37,7 @@ from core.profile import prompt_key
 from core.wire import ChatCompletionRequest
 from distiller.base_model import resolve_base_model
 from distiller.datasets import clinc150_banking20
+from distiller.decoding import StreamPiece
 from distiller.inference import StudentModel
 from router.policy import Policy, StudentRef
 from router.route import decide
@@ -103,6 +110,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for t in thresholds[:: max(1, len(thresholds) // 200)]
         for level in levels
     ]
+    first_token, whole = stream_costs(model, traffic[: args.stream_samples])
     decision_seconds = decision_times(intents)
     decide_p50, decide_p99 = percentiles(decision_seconds)
     gate_p50, gate_p99 = percentiles(gate_seconds)
@@ -115,11 +123,31 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "curve_confidence": [
             (round(s, 3), round(a, 3)) for s, a in alone[:: max(1, len(alone) // 12)]
         ],
+        "student_first_token_p50_ms": round(1000 * statistics.median(first_token), 1),
+        "student_whole_answer_p50_ms": round(1000 * statistics.median(whole), 1),
         "decision_p50_us": round(decide_p50 * 1e6, 1),
         "decision_p99_us": round(decide_p99 * 1e6, 1),
         "difficulty_gate_p50_ms": round(gate_p50 * 1e3, 2),
         "difficulty_gate_p99_ms": round(gate_p99 * 1e3, 2),
     }
+
+
+def stream_costs(
+    model: StudentModel, traffic: list[tuple[list[Any], str]]
+) -> tuple[list[float], list[float]]:
+    """What answering a stream whole first costs: time to the student's first token
+    (what a token-by-token stream would show) against time to its whole answer (what the
+    proxy's checked stream shows as its first chunk)."""
+    first, whole = [], []
+    for messages, _ in traffic:
+        began = time.perf_counter()
+        seen_first = None
+        for event in model.generate_stream(messages, adapter="banking", max_new_tokens=12):
+            if seen_first is None and isinstance(event, StreamPiece) and event.text:
+                seen_first = time.perf_counter() - began
+        whole.append(time.perf_counter() - began)
+        first.append(seen_first if seen_first is not None else whole[-1])
+    return first, whole
 
 
 def decision_times(intents: list[str]) -> list[float]:
@@ -152,6 +180,7 @@ def main() -> None:
     parser.add_argument("--from", dest="source", required=True, help="bench/distill.py --out DIR")
     parser.add_argument("--requests", type=int, default=600)
     parser.add_argument("--target", type=float, default=0.95)
+    parser.add_argument("--stream-samples", type=int, default=100)
     parser.add_argument("--data-dir", default="stillroom-data")
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args()
