@@ -14,7 +14,7 @@ import orjson
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
-from sqlmodel import Session, col, func, select
+from sqlmodel import Session
 
 from core.errors import (
     AuthenticationError,
@@ -23,10 +23,11 @@ from core.errors import (
     PermissionDeniedError,
 )
 from core.store import list_exchanges, list_tasks, queue_training
-from core.tables import Exchange, StudentVersion, Task
+from core.tables import Task
 from distiller import registry
 from distiller.curation import CurationConfig, curate
 from proxy.deps import RuntimeDep
+from proxy.reports import task_summary, version_public
 from proxy.runtime import Runtime
 
 _LOOPBACK = {"127.0.0.1", "::1", "localhost"}
@@ -66,51 +67,15 @@ def _task(session: Session, name: str) -> Task:
     return task
 
 
-def version_public(version: StudentVersion) -> dict[str, Any]:
-    return version.model_dump(mode="json")
-
-
-def task_summary(session: Session, task: Task) -> dict[str, Any]:
-    counts = dict(
-        session.exec(
-            select(Exchange.status, func.count())
-            .where(Exchange.task == task.name)
-            .group_by(col(Exchange.status))
-        ).all()
-    )
-    cost = session.exec(
-        select(func.coalesce(func.sum(Exchange.cost_usd), 0.0)).where(Exchange.task == task.name)
-    ).one()
-    active = session.get(StudentVersion, task.active_version_id) if task.active_version_id else None
-    return {
-        "name": task.name,
-        "derived": task.derived,
-        "teacher_model": task.teacher_model,
-        "mode": task.mode,
-        "cutover_percent": task.cutover_percent,
-        "shadow_percent": task.shadow_percent,
-        "audit_percent": task.audit_percent,
-        "confidence_threshold": task.confidence_threshold,
-        "target_agreement": task.target_agreement,
-        "auto_ramp": task.auto_ramp,
-        "exchanges": {"total": sum(counts.values()), **counts},
-        "cost_usd": float(cost or 0.0),
-        "active_version": version_public(active) if active else None,
-        "created_at": task.created_at.isoformat() if task.created_at else None,
-    }
-
-
 @router.get("/tasks")
-def get_tasks(session: SessionDep) -> dict[str, Any]:
-    return {
-        "object": "list",
-        "data": [task_summary(session, t) for t in list_tasks(session=session)],
-    }
+def get_tasks(session: SessionDep, runtime: RuntimeDep) -> dict[str, Any]:
+    tasks = list_tasks(session=session)
+    return {"object": "list", "data": [task_summary(session, t, runtime.settings) for t in tasks]}
 
 
 @router.get("/tasks/{task}")
-def get_task(task: str, session: SessionDep) -> dict[str, Any]:
-    return task_summary(session, _task(session, task))
+def get_task(task: str, session: SessionDep, runtime: RuntimeDep) -> dict[str, Any]:
+    return task_summary(session, _task(session, task), runtime.settings)
 
 
 class TaskUpdate(BaseModel):
@@ -143,7 +108,7 @@ def patch_task(task: str, update: TaskUpdate, runtime: RuntimeDep) -> dict[str, 
         if {"mode", "cutover_percent"} & changes.keys():
             row.stage_started_at = registry.now()
         session.flush()
-        return task_summary(session, row)
+        return task_summary(session, row, runtime.settings)
 
 
 @router.post("/tasks/{task}/train", status_code=202)

@@ -56,17 +56,35 @@ def _percent(value: float | None) -> str:
 def tasks(url: UrlOption = DEFAULT_URL, token: TokenOption = None) -> None:
     """List tasks: traffic, mode, live version and its agreement."""
     data = AdminClient(url, token).call("GET", "/admin/tasks")["data"]
-    table = Table("task", "exchanges", "mode", "cutover", "live version", "agreement", "cost")
+    table = Table(
+        "task",
+        "exchanges",
+        "on student",
+        "mode",
+        "cutover",
+        "live version",
+        "held-out",
+        "shadow",
+        "audit",
+        "cost",
+        "saved",
+    )
     for task in data:
         version = task["active_version"]
+        live = task["live_agreement"] or {}
+        total = task["exchanges"]["total"] or 1
         table.add_row(
             task["name"],
             str(task["exchanges"]["total"]),
+            _percent(task["served_by"].get("student", 0) / total),
             task["mode"],
             f"{task['cutover_percent']:g}%",
             f"v{version['number']} ({version['kind']})" if version else "-",
             _percent(version["retained_agreement"]) if version else "-",
+            _percent((live.get("shadow") or {}).get("agreement")),
+            _percent((live.get("audit") or {}).get("agreement")),
             f"${task['cost_usd']:.4f}",
+            f"${task['savings_usd']:.4f}",
         )
     console.print(table)
 

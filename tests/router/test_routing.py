@@ -293,3 +293,23 @@ def test_policy_change_through_one_replica_reaches_the_other_within_two_seconds(
     while ask(second).headers["x-stillroom-served-by"] != "student":
         assert time.monotonic() - changed < 2.0, "the second replica kept the old policy"
         time.sleep(0.05)
+
+
+def test_task_summary_shows_who_served_live_agreement_and_savings(
+    routed_proxy: Callable[..., RunningProxy], vllm: FakeVllm
+) -> None:
+    proxy = routed_proxy()
+    set_policy(proxy, mode="live", cutover_percent=100, audit_percent=100)
+    for n in range(4):
+        assert ask(proxy, text=f"bill {n}").headers["x-stillroom-served-by"] == "student"
+
+    def audited() -> bool:
+        summary = httpx.get(proxy.url + f"/admin/tasks/{TASK}").json()
+        stored = summary["served_by"].get("student") == 4
+        return bool(stored and summary["live_agreement"]["audit"]["pairs"] == 4)
+
+    wait_until(audited, timeout=10)
+    summary = httpx.get(proxy.url + f"/admin/tasks/{TASK}").json()
+    assert summary["served_by"]["student"] == 4
+    assert summary["live_agreement"]["audit"]["agreement"] == 1.0
+    assert summary["savings_usd"] > 0
