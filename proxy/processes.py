@@ -35,6 +35,8 @@ def configure_logging(settings: Settings) -> None:
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # The scheduler logs every run of its 2-second poll at INFO.
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
 
 
 def _uvicorn_options(settings: Settings, host: str, port: int) -> dict[str, Any]:
