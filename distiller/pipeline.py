@@ -22,7 +22,7 @@ from core.embedding import Encoder
 from core.profile import training_profile
 from core.settings import Settings
 from core.store import list_exchanges
-from core.tables import StudentVersion, TrainingRun
+from core.tables import Exchange, StudentVersion, TrainingRun
 from distiller import registry
 from distiller.backends import StudentBackend
 from distiller.base_model import resolve_base_model
@@ -72,10 +72,9 @@ class Pipeline:
             epochs=s.lora_epochs,
         )
 
-    def curate(self, task: str) -> CuratedSet:
+    def exchanges(self, task: str) -> list[Exchange]:
         with Session(self.engine) as session:
-            exchanges = list(list_exchanges(session=session, task=task))
-        return curate(exchanges, self.curation_config(), embed=self.encoder.encode)
+            return list(list_exchanges(session=session, task=task))
 
     async def run(self, run: TrainingRun) -> StudentVersion | None:
         """Carry out a claimed run; record its outcome on the run row."""
@@ -106,8 +105,11 @@ class Pipeline:
     async def _run(self, run: TrainingRun) -> StudentVersion:
         update = self._updater(run.id)
         update(phase="curating")
-        curated = await asyncio.to_thread(self.curate, run.task)
-        update(curation=curated.summary(), exchanges_seen=len(curated.train) + len(curated.heldout))
+        exchanges = await asyncio.to_thread(self.exchanges, run.task)
+        curated = await asyncio.to_thread(
+            curate, exchanges, self.curation_config(), embed=self.encoder.encode
+        )
+        update(curation=curated.summary())
         self._check_enough(run.task, curated)
 
         base = await asyncio.to_thread(
@@ -130,19 +132,13 @@ class Pipeline:
         evaluation = await asyncio.to_thread(
             self._evaluate, base, adapter_name, result.adapter_dir, curated
         )
-        profile = training_profile(self._requests(run.task, curated))
+        trained = {e.exchange_id for e in curated.train}
+        profile = training_profile(e.request for e in exchanges if e.id in trained)
         version = self._register(
             run, number, base, adapter_name, result.adapter_dir, evaluation, profile
         )
         update(phase="publishing", version_id=version.id)
         return await self._gate(version, curated.heldout[0])
-
-    def _requests(self, task: str, curated: CuratedSet) -> list[dict[str, Any]]:
-        """The training requests (with model, tools, response_format) of the curated set."""
-        ids = {e.exchange_id for e in curated.train}
-        with Session(self.engine) as session:
-            exchanges = list_exchanges(session=session, task=task)
-            return [e.request for e in exchanges if e.id in ids]
 
     def _check_enough(self, task: str, curated: CuratedSet) -> None:
         needed = self.settings.train_min_pairs

@@ -22,8 +22,8 @@ from proxy.recording import ExchangeRecorder
 from proxy.routing import route
 from proxy.runtime import Runtime
 from proxy.streaming import EventSplitter, StreamAssembler
+from proxy.teacher import CHAT_PATH
 
-CHAT_PATH = "/v1/chat/completions"
 # Status nginx uses for "client closed request"; nobody is left to read it.
 CLIENT_CLOSED = 499
 

@@ -17,13 +17,12 @@ from core.wire import ChatCompletionRequest
 from proxy.headers import RawHeaders
 from proxy.recording import ExchangeRecorder
 from proxy.runtime import Runtime
+from proxy.teacher import CHAT_PATH
 from router.bucketing import ROUTE_KEY_HEADER, route_key
 from router.policy import Policy
 from router.route import ask_student, decide
 from router.scoring import ScoringJob
 from router.student import StudentReply
-
-CHAT_PATH = "/v1/chat/completions"
 
 
 def sampled(percent: float) -> bool:

@@ -12,6 +12,8 @@ from core.metrics import Metrics
 from core.settings import Settings
 from proxy.headers import RawHeaders
 
+CHAT_PATH = "/v1/chat/completions"
+
 
 def create_teacher_http_client(
     settings: Settings, transport: httpx.AsyncBaseTransport | None = None

@@ -20,28 +20,15 @@ from distiller.backends import (
 )
 from distiller.student_server import create_student_app
 
-from fakes.tiny_model import build_tiny_model
-from fakes.vllm import FakeVllm, make_lora_adapter, write_adapter_config
+from fakes.vllm import FakeVllm, write_adapter_config
 from servers import ServerThread, free_port
 
 PROBE = [{"role": "user", "content": "I want a refund for the ticket"}]
 
 
-@pytest.fixture(autouse=True)
-def offline(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_model(tmp_path_factory.getbasetemp() / "tiny-model")
-
-
-@pytest.fixture(scope="module")
-def adapter(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_lora_adapter(
-        tiny_model, tmp_path_factory.getbasetemp() / "lora-adapters" / "alpha", seed=1
-    )
+@pytest.fixture
+def adapter(adapters: dict[str, Path]) -> Path:
+    return adapters["alpha"]
 
 
 @pytest.fixture

@@ -25,33 +25,11 @@ from distiller.inference import (
     StudentModel,
 )
 
-from fakes.tiny_model import build_tiny_model
-from fakes.vllm import make_lora_adapter
-
 MESSAGES = [
     {"role": "system", "content": "Reply with the intent label only."},
     {"role": "user", "content": "I want a refund for the ticket"},
 ]
 OTHER = [{"role": "user", "content": "I lost my card yesterday"}]
-
-
-@pytest.fixture(autouse=True)
-def offline(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_model(tmp_path_factory.getbasetemp() / "tiny-model")
-
-
-@pytest.fixture(scope="module")
-def adapters(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.getbasetemp() / "lora-adapters"
-    return {
-        name: make_lora_adapter(tiny_model, root / name, seed=seed)
-        for name, seed in (("alpha", 1), ("beta", 2))
-    }
 
 
 @pytest.fixture

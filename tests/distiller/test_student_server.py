@@ -13,32 +13,11 @@ import pytest
 
 from distiller.student_server import create_student_app
 
-from fakes.tiny_model import build_tiny_model
-from fakes.vllm import make_lora_adapter
 from servers import ServerThread
 from wire_schema import validate_chat_completion, validate_models_list, validate_sse_stream
 
 BASE = "tiny-base"
 MESSAGES: list[Any] = [{"role": "user", "content": "I want a refund for the ticket"}]
-
-
-@pytest.fixture(autouse=True)
-def offline(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_model(tmp_path_factory.getbasetemp() / "tiny-model")
-
-
-@pytest.fixture(scope="module")
-def adapters(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.getbasetemp() / "lora-adapters"
-    return {
-        name: make_lora_adapter(tiny_model, root / name, seed=seed)
-        for name, seed in (("alpha", 1), ("beta", 2))
-    }
 
 
 class Student:
