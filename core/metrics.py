@@ -2,16 +2,35 @@
 
 Names follow DESIGN.md ("Metrics"); all start with ``stillroom_``. Tests build a fresh
 ``CollectorRegistry`` per app and read values from it.
+
+Several worker processes (``stillroom proxy --workers N``) share their metrics through
+prometheus_client's multiprocess mode: with ``PROMETHEUS_MULTIPROC_DIR`` set in the
+environment before start, every process writes its values to files there and ``/metrics``
+serves the aggregate (:func:`exposition`). Each gauge says how its per-process values
+combine (``multiprocess_mode``); ``live*`` modes drop the values of processes that ended.
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import glob
+import logging
+import os
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
+
+log = logging.getLogger("stillroom.metrics")
 
 SERVED_BY = ("teacher", "student", "fallback")
+TRAINING_OUTCOMES = ("published", "rejected", "failed")
+STUDENT_KINDS = ("lora", "classifier")
+SCORING_KINDS = ("shadow", "audit")
+MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 _LATENCY_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 _OVERHEAD_BUCKETS = (0.0002, 0.0005, 0.001, 0.0015, 0.002, 0.003, 0.005, 0.01, 0.025, 0.1)
+_TRAINING_BUCKETS = (1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0)
 
 
 class Metrics:
@@ -74,6 +93,7 @@ class Metrics:
             "stillroom_capture_queue_depth",
             "Exchanges waiting in memory to be written to the store.",
             registry=r,
+            multiprocess_mode="livesum",
         )
         self.capture_written = Counter(
             "stillroom_capture_written",
@@ -94,6 +114,7 @@ class Metrics:
             "stillroom_store_up",
             "1 when the last write to the store succeeded, 0 while it is unreachable.",
             registry=r,
+            multiprocess_mode="livemin",
         )
         self.routing = Counter(
             "stillroom_routing_decisions",
@@ -145,6 +166,7 @@ class Metrics:
             "agreement of shadow and audit pairs).",
             ["task", "kind"],
             registry=r,
+            multiprocess_mode="livemostrecent",
         )
         self.step_downs = Counter(
             "stillroom_drift_step_downs",
@@ -152,9 +174,138 @@ class Metrics:
             ["task", "reason"],
             registry=r,
         )
+        # Routing policy as each proxy last read it from the store (every second).
+        self.task_mode = Gauge(
+            "stillroom_task_mode",
+            "1 for the task's current mode (off, shadow, live), 0 for the others.",
+            ["task", "mode"],
+            registry=r,
+            multiprocess_mode="livemostrecent",
+        )
+        self.task_cutover_percent = Gauge(
+            "stillroom_task_cutover_percent",
+            "Share of a live task's traffic the student serves, as set (0-100).",
+            ["task"],
+            registry=r,
+            multiprocess_mode="livemostrecent",
+        )
+        self.task_active_version = Gauge(
+            "stillroom_task_active_version",
+            "Number of the task's live student version (v1 is 1); 0 when it has none.",
+            ["task"],
+            registry=r,
+            multiprocess_mode="livemostrecent",
+        )
+        self.training_runs = Counter(
+            "stillroom_training_runs",
+            "Finished training runs by outcome: published, rejected (by the gate or the "
+            "student server) or failed (an error, or too few pairs).",
+            ["task", "outcome"],
+            registry=r,
+        )
+        self.training_run_seconds = Histogram(
+            "stillroom_training_run_seconds",
+            "Duration of a training run, from claim to outcome (curate, train, evaluate, gate, "
+            "publish).",
+            ["task", "outcome"],
+            buckets=_TRAINING_BUCKETS,
+            registry=r,
+        )
+        self.versions_published = Counter(
+            "stillroom_versions_published",
+            "Student versions that passed the gate and became the task's active version, by "
+            "kind (lora, classifier).",
+            ["task", "kind"],
+            registry=r,
+        )
         for served_by in SERVED_BY:
             for stream in ("true", "false"):
                 self.request_seconds.labels(served_by=served_by, stream=stream)
         for reason in ("unreachable", "timeout", "stream_cut"):
             self.teacher_failures.labels(reason=reason)
+        for kind in SCORING_KINDS:
+            self.scoring_dropped.labels(kind=kind)
+            for side in ("student", "teacher"):
+                self.scoring_failures.labels(kind=kind, side=side)
         self.store_up.set(1)
+
+    def prepare_task(self, task: str) -> None:
+        """Create a task's training and drift series at zero, so that ``increase()`` counts
+        their first event (it takes the first value of a new series as its start)."""
+        for outcome in TRAINING_OUTCOMES:
+            self.training_runs.labels(task=task, outcome=outcome)
+        for kind in STUDENT_KINDS:
+            self.versions_published.labels(task=task, kind=kind)
+        for reason in ("agreement", "input"):
+            self.step_downs.labels(task=task, reason=reason)
+
+    def prepare_student(self, task: str) -> None:
+        """Create the series a task's student moves, at zero, once the task has a version:
+        ``increase()`` counts a series' first value as nothing, so without these the first
+        student answers after a start would be missing from savings and agreement."""
+        self.requests.labels(task=task, served_by="student", status="ok")
+        self.cost_usd.labels(task=task, served_by="student")
+        self.counterfactual_cost_usd.labels(task=task)
+        self.savings_usd.labels(task=task)
+        for kind in SCORING_KINDS:
+            for agrees in ("true", "false"):
+                self.scored.labels(task=task, kind=kind, agrees=agrees)
+
+    def exposition(self) -> bytes:
+        """The Prometheus text format of these metrics; in multiprocess mode, of every
+        process sharing the directory."""
+        directory = multiprocess_directory()
+        if directory is None:
+            return generate_latest(self.registry)
+        aggregate = CollectorRegistry()
+        MultiProcessCollector(aggregate, path=str(directory))  # type: ignore[no-untyped-call]
+        return generate_latest(aggregate)
+
+
+def multiprocess_directory() -> Path | None:
+    """Where processes share their metrics, when ``PROMETHEUS_MULTIPROC_DIR`` is set."""
+    value = os.environ.get(MULTIPROCESS_ENV)
+    return Path(value) if value else None
+
+
+def reset_multiprocess_directory() -> None:
+    """Before the first worker starts: create the directory and remove the files of an
+    earlier run (their counters would be added to this run's)."""
+    directory = multiprocess_directory()
+    if directory is None:
+        return
+    directory.mkdir(parents=True, exist_ok=True)
+    stale = glob.glob(str(directory / "*.db"))
+    for path in stale:
+        os.remove(path)
+    if stale:
+        log.info("removed %d metrics files of an earlier run from %s", len(stale), directory)
+
+
+def forget_dead_processes() -> None:
+    """Drop the live gauges of processes that ended without saying so (a worker that
+    crashed and was replaced). Their counters stay: what they counted happened."""
+    directory = multiprocess_directory()
+    if directory is None:
+        return
+    for path in glob.glob(str(directory / "gauge_live*_*.db")):
+        pid = Path(path).stem.rsplit("_", 1)[1]
+        if pid.isdigit() and not _alive(int(pid)):
+            mark_process_dead(int(pid), str(directory))  # type: ignore[no-untyped-call]
+
+
+def leave_multiprocess() -> None:
+    """On a worker's way out: its live gauges no longer count."""
+    directory = multiprocess_directory()
+    if directory is not None:
+        mark_process_dead(os.getpid(), str(directory))  # type: ignore[no-untyped-call]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -6,6 +6,7 @@ file (``--config FILE`` or ``STILLROOM_CONFIG``), the defaults below.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -54,6 +55,10 @@ DEFAULT_PRICES: dict[str, ModelPrice] = {
     "gpt-5-mini": ModelPrice(input=0.25, output=2.00, cached_input=0.025),
     "gpt-5-nano": ModelPrice(input=0.05, output=0.40, cached_input=0.005),
 }
+
+
+StudentKind = Literal["lora", "classifier"]
+STUDENT_KINDS: tuple[StudentKind, ...] = ("lora", "classifier")
 
 
 class Settings(BaseSettings):
@@ -188,6 +193,32 @@ class Settings(BaseSettings):
     label_cap: int = Field(
         default=300, ge=1, description="Most training pairs per label for label-like tasks."
     )
+    label_max_distinct: int = Field(
+        default=50,
+        ge=2,
+        description="A task is label-like when its teacher answers come from at most this "
+        "many distinct answers (case, quotes and a final full stop aside)...",
+    )
+    label_min_count: int = Field(
+        default=3,
+        ge=1,
+        description="...each seen at least this many times (answers seen less often may "
+        "make up 2% of all)...",
+    )
+    label_max_chars: int = Field(
+        default=48, ge=1, description="...and none longer than this many characters."
+    )
+    student_kinds: Annotated[list[StudentKind], NoDecode] = Field(
+        default_factory=lambda: list(STUDENT_KINDS),
+        description="Student kinds the distiller trains (comma-separated). A label-like "
+        "task gets one of each, and the one serving more traffic at the target agreement "
+        "is published (a tie goes to the classifier); other tasks get lora.",
+    )
+    classifier_max_heads: int = Field(
+        default=256,
+        ge=1,
+        description="Classifier heads each proxy keeps in memory (least recently used go).",
+    )
     text_similarity_threshold: float = Field(
         default=0.85, gt=0, le=1, description="MiniLM cosine at which free-text answers agree."
     )
@@ -259,6 +290,23 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [key.strip() for key in value.split(",") if key.strip()]
         return value
+
+    @field_validator("student_kinds", mode="before")
+    @classmethod
+    def _split_kinds(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):  # as settings_environment() passes lists on
+                return json.loads(text)
+            return [kind.strip() for kind in text.split(",") if kind.strip()]
+        return value
+
+    @field_validator("student_kinds")
+    @classmethod
+    def _some_kind(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("name at least one student kind: lora, classifier")
+        return list(dict.fromkeys(value))
 
     @field_validator("prices")
     @classmethod

@@ -54,6 +54,14 @@ class Task(SQLModel, table=True):
         sa_type=sa.DateTime(timezone=True),
         description="when the task entered its current mode and cutover",
     )
+    shape: str | None = Field(
+        default=None,
+        max_length=16,
+        description="label, json or text: how its teacher answers look (latest curation)",
+    )
+    label_count: int | None = Field(
+        default=None, description="distinct teacher answers of a label-like task"
+    )
 
 
 class ExchangeBase(SQLModel):
@@ -124,7 +132,9 @@ class StudentVersion(SQLModel, table=True):
     agreement: float | None = Field(default=None, description="held-out, whole split")
     base_agreement: float | None = Field(default=None, description="base model, no adapter")
     confidence_threshold: float | None = Field(
-        default=None, description="mean token log-prob at or above which the student answers"
+        default=None,
+        description="log-probability at or above which the student answers: the mean per "
+        "answer token (lora), or of the label (classifier)",
     )
     retained_share: float | None = Field(
         default=None, description="held-out share at or above the threshold"
@@ -135,6 +145,17 @@ class StudentVersion(SQLModel, table=True):
     evaluation: dict[str, Any] = Field(default_factory=dict, sa_type=JSONDocument)
     created_at: datetime = Field(default_factory=utcnow, sa_type=sa.DateTime(timezone=True))
     published_at: datetime | None = Field(default=None, sa_type=sa.DateTime(timezone=True))
+
+
+class StudentHead(SQLModel, table=True):
+    """The trained head of a ``classifier`` student version (see ``core.classifier``), in
+    the store so that every proxy can answer with it."""
+
+    __tablename__ = "student_heads"
+
+    version_id: str = Field(primary_key=True, max_length=32)
+    data: bytes = Field(sa_type=sa.LargeBinary, description="the head as .npz bytes")
+    created_at: datetime = Field(default_factory=utcnow, sa_type=sa.DateTime(timezone=True))
 
 
 class TrainingRun(SQLModel, table=True):

@@ -1,9 +1,11 @@
 """Held-out evaluation: the student against the teacher, the base model as the floor, and
-the confidence calibration (the mean token log-probability at or above which the student's
-answers reach the target agreement, and the share of traffic that leaves it)."""
+the confidence calibration (the confidence at or above which the student's answers reach
+the target agreement, and the share of traffic that leaves it). Confidence is a
+log-probability: a LoRA student's mean per answer token, a classifier's of its label."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -15,7 +17,7 @@ from distiller.curation import Example
 @dataclass(frozen=True, slots=True)
 class StudentAnswer:
     text: str
-    confidence: float  # mean token log-probability, or a calibrated probability
+    confidence: float  # mean token log-probability, or a classifier's calibrated log p
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,13 +60,17 @@ def calibrate(results: Sequence[tuple[float, bool]], target: float) -> Calibrati
     """The lowest confidence threshold whose retained answers agree at ``target`` or more.
 
     ``results`` are (confidence, agrees) pairs. Answers are retained from the most
-    confident down; the threshold is the confidence of the last one retained.
+    confident down; the threshold is the confidence of the last one retained. An answer
+    of confidence ``-inf`` (no log-probabilities, or an input the student declines) is
+    never retained.
     """
     ranked = sorted(results, key=lambda pair: pair[0], reverse=True)
     best: Calibration = Calibration(None, 0.0, 0.0)
     agreed = 0
     for count, (confidence, agrees) in enumerate(ranked, start=1):
         agreed += agrees
+        if confidence == -math.inf:
+            break
         # A tie in confidence cannot be split by a threshold: decide at the tie's end.
         if count < len(ranked) and ranked[count][0] == confidence:
             continue

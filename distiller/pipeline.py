@@ -1,7 +1,10 @@
 """One training run, end to end: curate → train → evaluate → register → gate → publish.
 
-A run that fails at any step is marked failed with its error; the live version of the
-task is never touched by a failed or rejected run.
+A label-like task gets a candidate of each enabled student kind (a classifier head in
+seconds, a LoRA adapter in minutes), evaluated on the same held-out split; the tournament
+picks the one to put to the publish gate (see ``distiller.tournament``). Other tasks get a
+LoRA adapter. A run that fails at any step is marked failed with its error; the live version
+of the task is never touched by a failed or rejected run.
 """
 
 from __future__ import annotations
@@ -10,31 +13,27 @@ import asyncio
 import logging
 import time
 import traceback
-from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
+from core.agreement import ShapeRules
+from core.classifier import encoder_id
 from core.embedding import Encoder
+from core.metrics import Metrics
 from core.profile import training_profile
 from core.settings import Settings
 from core.store import list_exchanges
-from core.tables import Exchange, StudentVersion, TrainingRun
-from distiller import registry
+from core.tables import Exchange, StudentHead, StudentVersion, Task, TrainingRun
+from distiller import registry, tournament
 from distiller.backends import StudentBackend
 from distiller.base_model import resolve_base_model
+from distiller.candidates import Candidate, Judging, classifier_candidate, lora_candidate
 from distiller.curation import CuratedSet, CurationConfig, Example, curate
-from distiller.evaluation import Evaluation, StudentAnswer, evaluate
-from distiller.inference import StudentModel
-from distiller.training import (
-    LoraTrainingConfig,
-    TrainingExample,
-    TrainingProgress,
-    train_lora,
-)
+from distiller.training import LoraTrainingConfig, TrainingProgress
 
 log = logging.getLogger("stillroom.distiller")
 
@@ -45,6 +44,16 @@ class NotEnoughData(Exception):
     """The task has too few curated pairs to train and evaluate a student."""
 
 
+class NoStudentKind(NotEnoughData):
+    """No enabled student kind serves a task of this shape."""
+
+
+def kinds_for(shape: str, enabled: Sequence[str]) -> list[str]:
+    """The student kinds to train for a task of ``shape``, cheapest first: a classifier
+    only for label-like tasks."""
+    return [k for k in ("classifier", "lora") if k in enabled and (k == "lora" or shape == "label")]
+
+
 @dataclass
 class Pipeline:
     """Everything a training run needs, built once per distiller process."""
@@ -53,6 +62,7 @@ class Pipeline:
     engine: Engine
     backend: StudentBackend
     encoder: Encoder
+    metrics: Metrics = field(default_factory=Metrics)
 
     def curation_config(self) -> CurationConfig:
         s = self.settings
@@ -61,6 +71,11 @@ class Pipeline:
             near_duplicate_threshold=s.near_duplicate_threshold,
             scrub_pii=s.scrub_pii,
             label_cap=s.label_cap,
+            shape_rules=ShapeRules(
+                max_labels=s.label_max_distinct,
+                min_count=s.label_min_count,
+                max_chars=s.label_max_chars,
+            ),
         )
 
     def lora_config(self) -> LoraTrainingConfig:
@@ -77,10 +92,13 @@ class Pipeline:
             return list(list_exchanges(session=session, task=task))
 
     async def run(self, run: TrainingRun) -> StudentVersion | None:
-        """Carry out a claimed run; record its outcome on the run row."""
+        """Carry out a claimed run; record its outcome on the run row and in the metrics."""
+        started = time.monotonic()
+        self.metrics.prepare_task(run.task)
         try:
             version = await self._run(run)
         except Exception as exc:
+            self._count(run.task, "failed", started)
             log.warning("training run %s for %s failed: %s", run.id, run.task, exc)
             detail = str(exc) if isinstance(exc, NotEnoughData) else _describe(exc)
             registry.update_run(
@@ -100,7 +118,14 @@ class Pipeline:
             version_id=version.id,
             finished_at=registry.now(),
         )
+        self._count(run.task, "published" if version.state == "published" else "rejected", started)
         return version
+
+    def _count(self, task: str, outcome: str, started: float) -> None:
+        self.metrics.training_runs.labels(task=task, outcome=outcome).inc()
+        self.metrics.training_run_seconds.labels(task=task, outcome=outcome).observe(
+            time.monotonic() - started
+        )
 
     async def _run(self, run: TrainingRun) -> StudentVersion:
         update = self._updater(run.id)
@@ -110,35 +135,119 @@ class Pipeline:
             curate, exchanges, self.curation_config(), embed=self.encoder.encode
         )
         update(curation=curated.summary())
+        await asyncio.to_thread(self._record_shape, run.task, curated)
         self._check_enough(run.task, curated)
+        kinds = self._kinds(run.task, curated)
 
+        trained = {e.exchange_id for e in curated.train}
+        profile = training_profile(e.request for e in exchanges if e.id in trained)
+        with Session(self.engine) as session:
+            first = registry.next_version_number(session=session, task=run.task)
+        versions: list[StudentVersion] = []
+        failures: dict[str, str] = {}
+        for number, kind in enumerate(kinds, start=first):
+            try:
+                candidate = await self._train(kind, run, number, curated)
+            except Exception as exc:
+                if len(kinds) == 1:
+                    raise
+                log.warning("training the %s student of %s failed: %s", kind, run.task, exc)
+                failures[kind] = _describe(exc)
+                continue
+            versions.append(self._register(run, number, candidate, profile))
+        if not versions:
+            raise RuntimeError("; ".join(f"{k}: {why}" for k, why in failures.items()))
+        update(phase="publishing")
+        winner = self._tournament(versions, failures)
+        update(version_id=winner.id)
+        return await self._gate(winner, curated.heldout[0])
+
+    def _kinds(self, task: str, curated: CuratedSet) -> list[str]:
+        kinds = kinds_for(curated.shape, self.settings.student_kinds)
+        if not kinds:
+            raise NoStudentKind(
+                f"task {task!r} has {curated.shape}-shaped teacher answers; the classifier "
+                f"student serves label-like tasks only, and STILLROOM_STUDENT_KINDS="
+                f"{','.join(self.settings.student_kinds)} leaves out lora"
+            )
+        return kinds
+
+    async def _train(
+        self, kind: str, run: TrainingRun, number: int, curated: CuratedSet
+    ) -> Candidate:
+        name = f"{run.task}-v{number}"
+        folder = self.settings.data_dir / "adapters" / run.task / f"v{number}"
+        judging = Judging(
+            target=self.settings.target_agreement,
+            similarity=self.encoder.similarity,
+            text_threshold=self.settings.text_similarity_threshold,
+        )
+        update = self._updater(run.id)
+        if kind == "classifier":
+            update(phase="training classifier")
+            return await asyncio.to_thread(
+                classifier_candidate,
+                curated=curated,
+                name=name,
+                output_path=folder / "head.npz",
+                encoder=self.encoder,
+                encoder_name=encoder_id(self.settings.embedding_model),
+                judging=judging,
+            )
         base = await asyncio.to_thread(
             resolve_base_model, self.settings.base_model, self.settings.data_dir
         )
-        with Session(self.engine) as session:
-            number = registry.next_version_number(session=session, task=run.task)
-        adapter_dir = self.settings.data_dir / "adapters" / run.task / f"v{number}"
         update(phase="training")
-        result = await asyncio.to_thread(
-            train_lora,
+
+        def trained(steps: int) -> None:
+            update(phase="evaluating", step=steps, total_steps=steps, eta_seconds=0.0)
+
+        return await asyncio.to_thread(
+            lora_candidate,
             base_model=base,
-            examples=[TrainingExample(e.messages, e.answer) for e in curated.train],
+            curated=curated,
+            name=name,
+            output_dir=folder,
             config=self.lora_config(),
-            output_dir=adapter_dir,
+            judging=judging,
             on_progress=self._on_progress(run.id),
+            on_trained=trained,
         )
-        update(phase="evaluating", step=result.steps, total_steps=result.steps, eta_seconds=0.0)
-        adapter_name = f"{run.task}-v{number}"
-        evaluation = await asyncio.to_thread(
-            self._evaluate, base, adapter_name, result.adapter_dir, curated
-        )
-        trained = {e.exchange_id for e in curated.train}
-        profile = training_profile(e.request for e in exchanges if e.id in trained)
-        version = self._register(
-            run, number, base, adapter_name, result.adapter_dir, evaluation, profile
-        )
-        update(phase="publishing", version_id=version.id)
-        return await self._gate(version, curated.heldout[0])
+
+    def _tournament(
+        self, versions: list[StudentVersion], failures: dict[str, str]
+    ) -> StudentVersion:
+        """The version to put to the gate; the others are rejected with why."""
+        winner = tournament.winner(versions)
+        target = self.settings.target_agreement
+        for version in versions:
+            if version is not winner:
+                reason = tournament.loss_reason(version, winner, target)
+                registry.reject(engine=self.engine, version=version, reason=reason)
+        if len(versions) + len(failures) > 1:
+            entrants = [
+                {
+                    "number": v.number,
+                    "kind": v.kind,
+                    "share_at_target": tournament.share_at_target(v),
+                    "agreement": v.agreement,
+                    **{k: v.evaluation.get(k) for k in ("training_seconds", "latency_p50_ms")},
+                }
+                for v in versions
+            ]
+            registry.note_tournament(
+                engine=self.engine,
+                versions=versions,
+                figures={"entrants": entrants, "winner": winner.number, "failed": failures},
+            )
+        return winner
+
+    def _record_shape(self, task: str, curated: CuratedSet) -> None:
+        with Session(self.engine) as session, session.begin():
+            row = session.get(Task, task)
+            if row is not None:
+                row.shape = curated.shape
+                row.label_count = len(curated.labels) if curated.shape == "label" else None
 
     def _check_enough(self, task: str, curated: CuratedSet) -> None:
         needed = self.settings.train_min_pairs
@@ -150,51 +259,19 @@ class Pipeline:
                 f"(excluded: {excluded})"
             )
 
-    def _evaluate(
-        self, base: str, adapter_name: str, adapter_dir: Path, curated: CuratedSet
-    ) -> Evaluation:
-        model = StudentModel(base)
-        model.load_adapter(adapter_name, str(adapter_dir))
-        budget = _answer_budget(model, curated)
-
-        def answer(adapter: str | None) -> Callable[[Example], StudentAnswer]:
-            def respond(example: Example) -> StudentAnswer:
-                generation = model.generate(
-                    example.messages, adapter=adapter, max_new_tokens=budget
-                )
-                return StudentAnswer(generation.text, generation.mean_logprob)
-
-            return respond
-
-        return evaluate(
-            curated.heldout,
-            shape=curated.shape,
-            student=answer(adapter_name),
-            base=answer(None),
-            target=self.settings.target_agreement,
-            similarity=self.encoder.similarity,
-            text_threshold=self.settings.text_similarity_threshold,
-        )
-
     def _register(
-        self,
-        run: TrainingRun,
-        number: int,
-        base: str,
-        adapter_name: str,
-        adapter_dir: Path,
-        evaluation: Evaluation,
-        profile: dict[str, Any],
+        self, run: TrainingRun, number: int, candidate: Candidate, profile: dict[str, Any]
     ) -> StudentVersion:
+        evaluation = candidate.evaluation
         calibration = evaluation.calibration
         version = StudentVersion(
             id=registry.new_id(),
             task=run.task,
             number=number,
-            kind="lora",
-            base_model=base,
-            adapter_name=adapter_name,
-            adapter_path=str(adapter_dir.resolve()),
+            kind=candidate.kind,
+            base_model=candidate.base_model,
+            adapter_name=candidate.adapter_name,
+            adapter_path=str(candidate.adapter_path.resolve()),
             training_run_id=run.id,
             metric=evaluation.metric,
             agreement=evaluation.agreement,
@@ -204,6 +281,7 @@ class Pipeline:
             retained_agreement=calibration.retained_agreement,
             evaluation={
                 **evaluation.summary(),
+                **candidate.figures(),
                 "profile": profile,
                 # Which held-out inputs the student got right: the difficulty gate's seed.
                 "heldout": [[d["exchange_id"], d["agrees"]] for d in evaluation.details],
@@ -211,6 +289,8 @@ class Pipeline:
         )
         with Session(self.engine) as session, session.begin():
             session.add(version)
+            if candidate.head is not None:
+                session.add(StudentHead(version_id=version.id, data=candidate.head.to_bytes()))
             session.flush()
             session.expunge(version)
         return version
@@ -227,12 +307,15 @@ class Pipeline:
         reason = registry.gate_verdict(version, live, gate)
         if reason is not None:
             return registry.reject(engine=self.engine, version=version, reason=reason)
-        return await registry.publish(
+        published = await registry.publish(
             engine=self.engine,
             backend=self.backend,
             version=version,
             probe_messages=probe.messages,
         )
+        if published.state == "published":
+            self.metrics.versions_published.labels(task=version.task, kind=version.kind).inc()
+        return published
 
     def _updater(self, run_id: str) -> Callable[..., None]:
         def update(**values: Any) -> None:
@@ -259,12 +342,6 @@ class Pipeline:
             )
 
         return report
-
-
-def _answer_budget(model: StudentModel, curated: CuratedSet) -> int:
-    """Enough new tokens for the longest teacher answer, and a little more."""
-    longest = max(len(model.tokenizer.encode(e.answer)) for e in curated.train + curated.heldout)
-    return min(512, longest + 8)
 
 
 def _describe(exc: BaseException) -> str:

@@ -2,9 +2,11 @@
 
 A candidate is published only if, at its calibrated confidence threshold, it agrees with
 the teacher at the task's target on a large enough share of held-out traffic, and that
-share is no smaller than the live version's. Publishing loads the adapter into the student
-backend, checks it answers a held-out prompt, then switches the task's active version in
-one transaction. The previous version stays loadable for rollback.
+share is no smaller than the live version's. Publishing loads a LoRA adapter into the
+student backend and checks it answers a held-out prompt (a classifier's head is in the
+store, where every proxy loads it from: it is checked to load), then switches the task's
+active version in one transaction. The previous version stays loadable for rollback. An
+operator may publish any version of a task, the gate and the tournament aside.
 """
 
 from __future__ import annotations
@@ -19,8 +21,9 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
+from core.classifier import Head
 from core.errors import InvalidRequestError, NotFoundError
-from core.tables import StudentVersion, Task, TrainingRun
+from core.tables import Exchange, StudentHead, StudentVersion, Task, TrainingRun
 from distiller.backends import StudentBackend, StudentBackendError
 
 
@@ -92,9 +95,12 @@ async def publish(
     """Load, health-check, then activate ``version`` (the live one is retired). On any
     backend failure the version is rejected and the live version is untouched."""
     try:
-        await ensure_loaded(backend, version)
-        await backend.health_check(version.adapter_name, probe_messages)
-    except StudentBackendError as exc:
+        if version.kind == "classifier":
+            check_head(engine=engine, version=version)
+        else:
+            await ensure_loaded(backend, version)
+            await backend.health_check(version.adapter_name, probe_messages)
+    except (StudentBackendError, ValueError) as exc:
         return _set_state(engine, version.id, "rejected", f"failed to load or answer: {exc}")
     with Session(engine) as session, session.begin():
         row = session.get(StudentVersion, version.id)
@@ -165,8 +171,25 @@ async def rollback(*, engine: Engine, backend: StudentBackend, task: str) -> Stu
     return previous
 
 
+def check_head(*, engine: Engine, version: StudentVersion) -> Head:
+    """A classifier version's head, read back from the store; ValueError if it is missing
+    or unreadable."""
+    with Session(engine) as session:
+        row = session.get(StudentHead, version.id)
+        data = row.data if row is not None else None
+    if data is None:
+        raise ValueError(f"v{version.number} has no classifier head in the store")
+    head = Head.from_bytes(data)
+    if not head.answers or not all(answer.strip() for answer in head.answers):
+        raise ValueError(f"v{version.number}'s classifier head has an empty answer")
+    return head
+
+
 async def ensure_loaded(backend: StudentBackend, version: StudentVersion) -> None:
-    """Load the version's adapter unless the student server has it already."""
+    """Load the version's adapter unless the student server has it already (a classifier
+    needs nothing of the student server)."""
+    if version.kind != "lora":
+        return
     if version.adapter_name not in await backend.list_adapters():
         await backend.load_adapter(version.adapter_name, version.adapter_path)
 
@@ -176,7 +199,9 @@ async def sync_adapters(*, engine: Engine, backend: StudentBackend) -> list[str]
     restarted, or is new). Returns the names loaded."""
     with Session(engine) as session:
         active = session.exec(
-            select(StudentVersion).join(Task, col(Task.active_version_id) == StudentVersion.id)
+            select(StudentVersion)
+            .join(Task, col(Task.active_version_id) == StudentVersion.id)
+            .where(StudentVersion.kind == "lora")
         ).all()
         session.expunge_all()
     present = set(await backend.list_adapters())
@@ -201,6 +226,61 @@ def _set_state(engine: Engine, version_id: str, state: str, reason: str | None) 
 
 def reject(*, engine: Engine, version: StudentVersion, reason: str) -> StudentVersion:
     return _set_state(engine, version.id, "rejected", reason)
+
+
+def note_tournament(
+    *, engine: Engine, versions: Sequence[StudentVersion], figures: dict[str, Any]
+) -> None:
+    """Keep the tournament's figures in the evaluation of every version that took part."""
+    with Session(engine) as session, session.begin():
+        for version in versions:
+            row = session.get(StudentVersion, version.id)
+            if row is not None:
+                row.evaluation = {**row.evaluation, "tournament": figures}
+
+
+def find_version(*, session: Session, task: str, version: str) -> StudentVersion:
+    """A task's version by number (``3`` or ``v3``) or id."""
+    number = version.lower().removeprefix("v")
+    found = None
+    if number.isdigit():
+        found = session.exec(
+            select(StudentVersion).where(
+                StudentVersion.task == task, StudentVersion.number == int(number)
+            )
+        ).first()
+    if found is None:
+        row = session.get(StudentVersion, version)
+        found = row if row is not None and row.task == task else None
+    if found is None:
+        raise NotFoundError(f"task {task!r} has no version {version!r}", param="version")
+    return found
+
+
+async def publish_chosen(
+    *, engine: Engine, backend: StudentBackend, task: str, version: str
+) -> StudentVersion:
+    """An operator's choice: publish ``version`` of ``task`` whatever the gate or the
+    tournament said (it is loaded and health-checked like any other)."""
+    with Session(engine) as session:
+        chosen = find_version(session=session, task=task, version=version)
+        if chosen.state == "published":
+            raise InvalidRequestError(f"v{chosen.number} of {task!r} is already live")
+        probe = _probe_messages(session, chosen)
+        session.expunge(chosen)
+    published = await publish(engine=engine, backend=backend, version=chosen, probe_messages=probe)
+    if published.state != "published":
+        raise InvalidRequestError(f"v{chosen.number} could not be published: {published.reason}")
+    return published
+
+
+def _probe_messages(session: Session, version: StudentVersion) -> list[dict[str, Any]]:
+    """A held-out prompt of the version's evaluation, to health-check it with."""
+    for exchange_id, _agrees in version.evaluation.get("heldout") or []:
+        exchange = session.get(Exchange, exchange_id)
+        if exchange is not None and exchange.request.get("messages"):
+            return list(exchange.request["messages"])
+    return [{"role": "user", "content": "hello"}]
 
 
 def claim_run(*, engine: Engine, run_id: str) -> bool:

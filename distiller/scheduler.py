@@ -80,6 +80,7 @@ class Distiller:
                 ).all()
             )
             for task, count in counts.items():
+                self.pipeline.metrics.prepare_task(task)
                 last = session.exec(
                     select(TrainingRun)
                     .where(TrainingRun.task == task)

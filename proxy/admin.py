@@ -1,4 +1,5 @@
-"""The admin API (``/admin/*``): tasks, training, versions, rollback, export.
+"""The admin API (``/admin/*``): tasks, training, versions, publishing a chosen version,
+rollback, export.
 
 Bearer ``STILLROOM_ADMIN_TOKEN``; without one, only loopback clients of a loopback-bound
 server are served.
@@ -134,6 +135,15 @@ def get_versions(task: str, session: SessionDep) -> dict[str, Any]:
     _task(session, task)
     versions = registry.list_versions(session=session, task=task)
     return {"object": "list", "data": [version_public(v) for v in versions]}
+
+
+@router.post("/tasks/{task}/versions/{version}/publish")
+async def post_publish(task: str, version: str, runtime: RuntimeDep) -> dict[str, Any]:
+    """Publish a version (``3``, ``v3`` or its id) the gate or the tournament passed over."""
+    published = await registry.publish_chosen(
+        engine=runtime.engine, backend=runtime.student_backend, task=task, version=version
+    )
+    return version_public(published)
 
 
 @router.post("/tasks/{task}/rollback")

@@ -12,8 +12,9 @@ import sqlalchemy as sa
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
+from core.classifier import encoder_id
 from core.embedding import Encoder
-from core.metrics import Metrics
+from core.metrics import Metrics, forget_dead_processes, leave_multiprocess
 from core.settings import Settings, load_settings
 from core.store import create_store_engine, create_tables
 from distiller.backends import DEFAULT_EMBEDDED_URL, create_student_backend
@@ -25,12 +26,13 @@ from proxy.errors import install_error_handlers
 from proxy.routes import install_openai_routes
 from proxy.runtime import Runtime
 from proxy.teacher import Teacher, create_teacher_http_client
+from router.classifier import ClassifierStudent
 from router.difficulty import DifficultyGate
 from router.drift import DriftMonitor, drift_loop
 from router.periodic import Periodic
 from router.policy import PolicyCache
 from router.scoring import Scorer
-from router.student import StudentClient
+from router.student import StudentClient, Students
 
 log = logging.getLogger("stillroom.proxy")
 
@@ -86,6 +88,7 @@ async def _start(
     teacher_transport: httpx.AsyncBaseTransport | None,
     registry: CollectorRegistry | None,
 ) -> Runtime:
+    forget_dead_processes()
     metrics = Metrics(registry)
     engine = create_store_engine(settings.database_url)
     try:
@@ -113,15 +116,27 @@ async def _start(
         timeout=settings.student_timeout_seconds,
     )
     encoder = Encoder(settings.embedding_model)
+    classifiers = ClassifierStudent(
+        engine=engine,
+        encoder=encoder,
+        encoder_name=encoder_id(settings.embedding_model),
+        max_heads=settings.classifier_max_heads,
+    )
+    students = Students({"lora": student_client, "classifier": classifiers})
     scorer = Scorer(
         engine=engine,
-        student=student_client,
+        student=students,
         metrics=metrics,
         similarity=encoder.similarity,
         text_threshold=settings.text_similarity_threshold,
     )
     await scorer.start()
-    policies = PolicyCache(engine, ttl=settings.policy_refresh_seconds)
+    policies = PolicyCache(
+        engine,
+        ttl=settings.policy_refresh_seconds,
+        metrics=metrics,
+        prepare=classifiers.prepare,
+    )
     await policies.start()
     difficulty = None
     if settings.difficulty_gate:
@@ -134,7 +149,8 @@ async def _start(
     return Runtime(
         difficulty=difficulty,
         policies=policies,
-        student_client=student_client,
+        students=students,
+        classifiers=classifiers,
         scorer=scorer,
         student_backend=create_student_backend(settings, http_client),
         settings=settings,
@@ -153,6 +169,7 @@ def start_distiller(runtime: Runtime) -> Distiller:
         engine=runtime.engine,
         backend=runtime.student_backend,
         encoder=Encoder(runtime.settings.embedding_model),
+        metrics=runtime.metrics,
     )
     distiller = Distiller(pipeline)
     distiller.start()
@@ -180,3 +197,4 @@ async def _stop(runtime: Runtime) -> None:
         await runtime.capture.close()
     await runtime.http_client.aclose()
     runtime.engine.dispose()
+    leave_multiprocess()

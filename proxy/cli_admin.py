@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -54,10 +55,11 @@ def _percent(value: float | None) -> str:
 
 
 def tasks(url: UrlOption = DEFAULT_URL, token: TokenOption = None) -> None:
-    """List tasks: traffic, mode, live version and its agreement."""
+    """List tasks: traffic, answer shape, mode, live version and its agreement."""
     data = AdminClient(url, token).call("GET", "/admin/tasks")["data"]
     table = Table(
         "task",
+        "shape",
         "exchanges",
         "on student",
         "mode",
@@ -75,6 +77,7 @@ def tasks(url: UrlOption = DEFAULT_URL, token: TokenOption = None) -> None:
         total = task["exchanges"]["total"] or 1
         table.add_row(
             task["name"],
+            _shape(task),
             str(task["exchanges"]["total"]),
             _percent(task["served_by"].get("student", 0) / total),
             task["mode"],
@@ -89,8 +92,37 @@ def tasks(url: UrlOption = DEFAULT_URL, token: TokenOption = None) -> None:
     console.print(table)
 
 
+def _shape(task: dict[str, Any]) -> str:
+    shape = task.get("shape")
+    if shape == "label" and task.get("label_count"):
+        return f"label ({task['label_count']})"
+    return shape or "-"
+
+
+def _threshold(version: dict[str, Any]) -> str:
+    """A log-probability; a classifier's is also shown as the probability it means."""
+    threshold = version["confidence_threshold"]
+    if threshold is None:
+        return "-"
+    if version["kind"] == "classifier":
+        return f"{threshold:.3f} (p {math.exp(threshold):.2f})"
+    return f"{threshold:.3f}"
+
+
+def _seconds(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.1f} s" if value < 120 else f"{value / 60:.1f} min"
+
+
+def _milliseconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f} ms"
+
+
 def versions(task: str, url: UrlOption = DEFAULT_URL, token: TokenOption = None) -> None:
-    """List a task's student versions with their evaluation."""
+    """List a task's student versions with their evaluation: held-out agreement, the share
+    each serves at the target agreement, training time and time per request (the figures
+    the tournament between student kinds was decided on), and why one was not published."""
     data = AdminClient(url, token).call("GET", f"/admin/tasks/{task}/versions")["data"]
     table = Table(
         "version",
@@ -102,10 +134,12 @@ def versions(task: str, url: UrlOption = DEFAULT_URL, token: TokenOption = None)
         "threshold",
         "share at target",
         "agreement there",
+        "trained in",
+        "per request",
         "why",
     )
     for v in data:
-        threshold = v["confidence_threshold"]
+        evaluation = v.get("evaluation") or {}
         table.add_row(
             f"v{v['number']}",
             v["kind"],
@@ -113,9 +147,11 @@ def versions(task: str, url: UrlOption = DEFAULT_URL, token: TokenOption = None)
             v["metric"] or "-",
             _percent(v["agreement"]),
             _percent(v["base_agreement"]),
-            "-" if threshold is None else f"{threshold:.3f}",
+            _threshold(v),
             _percent(v["retained_share"]),
             _percent(v["retained_agreement"]),
+            _seconds(evaluation.get("training_seconds")),
+            _milliseconds(evaluation.get("latency_p50_ms")),
             v["reason"] or "",
         )
     console.print(table)
@@ -171,6 +207,19 @@ def _follow(client: AdminClient, task: str, run_id: str) -> dict[str, Any]:
             time.sleep(1.0)
 
 
+def publish(
+    task: str,
+    version: Annotated[str, typer.Argument(help="Version number (3 or v3) or id.")],
+    url: UrlOption = DEFAULT_URL,
+    token: TokenOption = None,
+) -> None:
+    """Publish VERSION of TASK, overriding the publish gate and the tournament."""
+    published = AdminClient(url, token).call(
+        "POST", f"/admin/tasks/{task}/versions/{version}/publish"
+    )
+    console.print(f"{task}: v{published['number']} ({published['kind']}) is live")
+
+
 def rollback(task: str, url: UrlOption = DEFAULT_URL, token: TokenOption = None) -> None:
     """Re-activate the version published before TASK's live one."""
     version = AdminClient(url, token).call("POST", f"/admin/tasks/{task}/rollback")
@@ -219,5 +268,5 @@ def rollout(
 
 
 def register(app: typer.Typer) -> None:
-    for command in (tasks, versions, train, rollout, rollback, export):
+    for command in (tasks, versions, train, rollout, publish, rollback, export):
         app.command()(command)

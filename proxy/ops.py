@@ -7,7 +7,7 @@ import asyncio
 import httpx
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.responses import Response
 
 from core.store import ping
@@ -62,4 +62,6 @@ async def _check_teacher(runtime: RuntimeDep) -> str:
 
 @router.get("/metrics")
 async def metrics(runtime: RuntimeDep) -> Response:
-    return Response(generate_latest(runtime.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    """Prometheus text format: this process's metrics, or with several workers
+    (``PROMETHEUS_MULTIPROC_DIR``) those of all of them."""
+    return Response(runtime.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)

@@ -3,29 +3,21 @@ server and the distiller. The CLI parses flags; this module runs things."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import logging
 import os
-import signal
+import tempfile
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
-import httpx
 import uvicorn
 
-from core.embedding import Encoder
-from core.metrics import Metrics
+from core.metrics import MULTIPROCESS_ENV, reset_multiprocess_directory
 from core.settings import Settings
-from core.store import create_store_engine, create_tables
-from distiller.backends import create_student_backend
 from distiller.base_model import resolve_base_model
-from distiller.pipeline import Pipeline
-from distiller.registry import sync_adapters
-from distiller.scheduler import Distiller
 from distiller.student_server import create_student_app
-from router.drift import DriftMonitor, drift_loop
 
 log = logging.getLogger("stillroom")
 
@@ -35,8 +27,9 @@ def configure_logging(settings: Settings) -> None:
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    # The scheduler logs every run of its 2-second poll at INFO.
-    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    # The scheduler logs every run of its 2-second poll at INFO, and at WARNING each poll
+    # it skips while a training run (minutes long) is still going: neither is news.
+    logging.getLogger("apscheduler").setLevel(logging.ERROR)
 
 
 def _uvicorn_options(settings: Settings, host: str, port: int) -> dict[str, Any]:
@@ -52,18 +45,39 @@ def _uvicorn_options(settings: Settings, host: str, port: int) -> dict[str, Any]
 
 
 def run_proxy(settings: Settings, *, workers: int = 1, distiller: bool = False) -> None:
-    """The proxy in the foreground; with ``distiller``, the scheduler runs inside it."""
+    """The proxy in the foreground; with ``distiller``, the scheduler runs inside it.
+    Several workers share their metrics (see :func:`_metrics_shared_by_workers`)."""
     options = _uvicorn_options(settings, settings.host, settings.port)
     if workers > 1:
         # Each worker builds its own app from the environment, so hand the settings on.
         os.environ.update(settings_environment(settings))
-        uvicorn.run(
-            "proxy.app:create_app_from_environment", factory=True, workers=workers, **options
-        )
+        with _metrics_shared_by_workers():
+            uvicorn.run(
+                "proxy.app:create_app_from_environment", factory=True, workers=workers, **options
+            )
         return
+    reset_multiprocess_directory()
     from proxy.app import create_app
 
     uvicorn.run(create_app(settings, distiller=distiller), **options)
+
+
+@contextmanager
+def _metrics_shared_by_workers() -> Iterator[None]:
+    """Workers write their metrics to files in ``PROMETHEUS_MULTIPROC_DIR`` (emptied here
+    first), or, when it is unset, in a temporary folder removed at exit. uvicorn spawns
+    fresh interpreters, so the variable set here reaches them before they load
+    prometheus_client."""
+    if os.environ.get(MULTIPROCESS_ENV):
+        reset_multiprocess_directory()
+        yield
+        return
+    with tempfile.TemporaryDirectory(prefix="stillroom-metrics-") as folder:
+        os.environ[MULTIPROCESS_ENV] = folder
+        try:
+            yield
+        finally:
+            del os.environ[MULTIPROCESS_ENV]
 
 
 def run_everything(settings: Settings, *, student_port: int) -> None:
@@ -115,53 +129,13 @@ def run_student(settings: Settings, *, host: str, port: int) -> None:
     _student_server(settings, host, port).run()
 
 
-def run_distiller(settings: Settings) -> None:
-    """``stillroom distiller``: the scheduler and training, without an HTTP server."""
-    asyncio.run(_distill_forever(settings))
+def run_distiller(settings: Settings, *, host: str, port: int) -> None:
+    """``stillroom distiller``: the scheduler, training, drift checks and adapter sync,
+    with ``/metrics`` and ``/healthz`` on ``host:port``."""
+    from proxy.distiller_app import create_distiller_app
 
-
-async def _distill_forever(settings: Settings) -> None:
-    engine = create_store_engine(settings.database_url)
-    await asyncio.to_thread(create_tables, engine)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
-    async with httpx.AsyncClient(timeout=httpx.Timeout(60.0, connect=5.0)) as client:
-        backend = create_student_backend(settings, client)
-        pipeline = Pipeline(
-            settings=settings,
-            engine=engine,
-            backend=backend,
-            encoder=Encoder(settings.embedding_model),
-        )
-        distiller = Distiller(pipeline)
-        distiller.start()
-        drift = drift_loop(
-            DriftMonitor(
-                engine=engine, encoder=pipeline.encoder, settings=settings, metrics=Metrics()
-            ),
-            settings.drift_check_seconds,
-        )
-        drift.start()
-        log.info(
-            "distiller running: looking for tasks every %ss", settings.distill_interval_seconds
-        )
-        try:
-            while not stop.is_set():
-                try:
-                    loaded = await sync_adapters(engine=engine, backend=backend)
-                    if loaded:
-                        log.info("loaded active adapters into the student server: %s", loaded)
-                except Exception as exc:  # the student server may be starting
-                    log.warning("could not sync adapters with the student server: %s", exc)
-                with_timeout = asyncio.wait_for(stop.wait(), timeout=30)
-                with contextlib.suppress(TimeoutError):
-                    await with_timeout
-        finally:
-            distiller.stop()
-            await drift.close()
-            engine.dispose()
+    reset_multiprocess_directory()
+    uvicorn.run(create_distiller_app(settings), **_uvicorn_options(settings, host, port))
 
 
 def settings_environment(settings: Settings) -> dict[str, str]:

@@ -32,6 +32,7 @@ class ExchangeRecorder:
     recorded: bool = False
     served_by: str = "teacher"  # fallback when the student was tried first
     student_version: str | None = None
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)  # the exchange's, once stored
     # Called with a complete answer (status ok), e.g. to schedule shadow scoring.
     on_answer: Callable[[dict[str, Any]], None] | None = None
 
@@ -92,7 +93,7 @@ class ExchangeRecorder:
         finish_reason = choices[0].get("finish_reason") if choices else None
         self.capture.submit(
             ExchangeCreate.model_construct(
-                id=uuid.uuid4().hex,
+                id=self.id,
                 task=task,
                 task_derived=self.task.derived,
                 created_at=self.created_at,

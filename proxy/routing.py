@@ -19,10 +19,10 @@ from proxy.recording import ExchangeRecorder
 from proxy.runtime import Runtime
 from proxy.teacher import CHAT_PATH
 from router.bucketing import ROUTE_KEY_HEADER, route_key
-from router.policy import Policy
+from router.policy import Policy, StudentRef
 from router.route import ask_student, decide
-from router.scoring import ScoringJob
-from router.student import StudentReply
+from router.scoring import ScoringJob, TeacherAnswer
+from router.student import PromptEmbedding, StudentReply
 
 
 def sampled(percent: float) -> bool:
@@ -55,15 +55,21 @@ async def route(
     )
     if not decision.to_student:
         metrics.routing.labels(task=policy.task, reason=decision.reason).inc()
-        if policy.mode == "shadow" and sampled(policy.shadow_percent):
-            recorder.on_answer = _shadow(runtime, policy, payload)
+        # A live task's teacher-served share outside the cutover is shadowed too: the
+        # evidence that earns the next auto-ramp stage, and that drift checks read.
+        shadowed = policy.mode == "shadow" or decision.reason == "cutover"
+        if shadowed and sampled(policy.shadow_percent):
+            recorder.on_answer = _shadow(runtime, policy, payload, recorder.id)
         return None
-    if runtime.difficulty is not None and await asyncio.to_thread(
-        runtime.difficulty.is_difficult, decision.student.version_id, payload["messages"]
-    ):
+    prompt, difficult = None, False
+    if decision.student.kind == "classifier" or runtime.difficulty is not None:
+        prompt, difficult = await asyncio.to_thread(
+            _before_student, runtime, decision.student, payload["messages"]
+        )
+    if difficult:
         metrics.routing.labels(task=policy.task, reason="difficult").inc()
         return None
-    outcome = await ask_student(runtime.student_client, decision, chat, payload)
+    outcome = await ask_student(runtime.students, decision, chat, payload, prompt=prompt)
     if outcome.reply is not None:
         metrics.student_seconds.observe(outcome.reply.seconds)
     if outcome.reply is None:
@@ -86,11 +92,25 @@ async def route(
     return student_response(recorder, outcome.reply, chat)
 
 
-def _shadow(runtime: Runtime, policy: Policy, payload: dict[str, Any]) -> Any:
+def _before_student(
+    runtime: Runtime, student: StudentRef, messages: list[dict[str, Any]]
+) -> tuple[PromptEmbedding | None, bool]:
+    """Blocking, in one worker thread: the prompt's embedding (a classifier answers from it,
+    and the difficulty gate reuses it), and whether the input is too difficult."""
+    prompt = runtime.classifiers.embed(messages) if student.kind == "classifier" else None
+    difficult = runtime.difficulty is not None and runtime.difficulty.is_difficult(
+        student.version_id, messages, vector=prompt.vector if prompt is not None else None
+    )
+    return prompt, difficult
+
+
+def _shadow(runtime: Runtime, policy: Policy, payload: dict[str, Any], exchange_id: str) -> Any:
     def submit(completion: dict[str, Any]) -> None:
         text = answer_text(completion)
         if text is not None:
-            runtime.scorer.submit(ScoringJob("shadow", policy, payload, teacher_text=text))
+            runtime.scorer.submit(
+                ScoringJob("shadow", policy, payload, teacher_text=text, exchange_id=exchange_id)
+            )
 
     return submit
 
@@ -99,7 +119,7 @@ def _teacher_asker(runtime: Runtime, recorder: ExchangeRecorder, headers: RawHea
     """Asks the teacher the same question later, with the client's credentials (held in
     memory only), and records that exchange like any other teacher answer."""
 
-    async def ask(payload: dict[str, Any]) -> str | None:
+    async def ask(payload: dict[str, Any]) -> TeacherAnswer | None:
         audit = ExchangeRecorder(
             settings=runtime.settings,
             metrics=runtime.metrics,
@@ -126,7 +146,8 @@ def _teacher_asker(runtime: Runtime, recorder: ExchangeRecorder, headers: RawHea
             http_status=response.status_code,
             response=completion if isinstance(completion, dict) else None,
         )
-        return answer_text(completion) if ok else None
+        text = answer_text(completion) if ok else None
+        return TeacherAnswer(text, audit.id) if text is not None else None
 
     return ask
 

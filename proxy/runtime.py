@@ -12,10 +12,11 @@ from core.settings import Settings
 from distiller.backends import StudentBackend
 from proxy.capture import CaptureWriter
 from proxy.teacher import Teacher
+from router.classifier import ClassifierStudent
 from router.difficulty import DifficultyGate
 from router.policy import PolicyCache
 from router.scoring import Scorer
-from router.student import StudentClient
+from router.student import Student
 
 
 @dataclass(slots=True)
@@ -28,7 +29,8 @@ class Runtime:
     capture: CaptureWriter | None
     student_backend: StudentBackend
     policies: PolicyCache
-    student_client: StudentClient
+    students: Student  # every kind: the student server's LoRA versions, classifiers here
+    classifiers: ClassifierStudent
     scorer: Scorer
     difficulty: DifficultyGate | None
 

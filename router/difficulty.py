@@ -57,9 +57,15 @@ class DifficultyGate:
     def ready(self, version_id: str) -> bool:
         return self._indexes.get(version_id) is not None
 
-    def is_difficult(self, version_id: str, messages: list[dict[str, Any]]) -> bool:
+    def is_difficult(
+        self,
+        version_id: str,
+        messages: list[dict[str, Any]],
+        *,
+        vector: np.ndarray[Any, np.dtype[np.float32]] | None = None,
+    ) -> bool:
         """True when the nearest known inputs mostly disagreed. Blocking (embeds the
-        input): call it from a worker thread."""
+        input, unless its prompt-key ``vector`` is given): call it from a worker thread."""
         index = self._indexes.get(version_id)
         now = time.monotonic()
         if now - self._attempted.get(version_id, -_REBUILD_SECONDS) >= _REBUILD_SECONDS:
@@ -67,9 +73,11 @@ class DifficultyGate:
             self._build_in_background(version_id)
         if index is None:
             return False
-        vector = self.encoder.encode([prompt_key(messages)])
+        if vector is None:
+            vector = self.encoder.encode([prompt_key(messages)])[0]
         k = min(self.neighbours, index.faiss_index.ntotal)
-        _, found = index.faiss_index.search(np.ascontiguousarray(vector), k)
+        row = np.ascontiguousarray(vector.reshape(1, -1), dtype=np.float32)
+        _, found = index.faiss_index.search(row, k)
         agreement = float(np.mean(index.agrees[found[0]]))
         return agreement < self.min_agreement
 

@@ -27,6 +27,7 @@ from core.profile import in_heldout, prompt_key
 from core.settings import Settings
 from core.store import queue_training
 from core.tables import DriftReport, Exchange, ShadowResult, StudentVersion, Task
+from router.gates import served_agreement
 from router.periodic import Periodic
 from router.ramp import ramp
 
@@ -81,7 +82,12 @@ class DriftMonitor:
                 return None
             session.expunge(version)
             mode = row.mode
-        agreement, pairs = self._window_agreement(version)
+            threshold = (
+                row.confidence_threshold
+                if row.confidence_threshold is not None
+                else version.confidence_threshold
+            )
+        agreement, pairs = self._window_agreement(version, threshold)
         input_drift = self._input_drift(version)
         reasons: dict[str, str] = {}
         if agreement is not None and agreement < self.settings.drift_agreement_floor:
@@ -94,6 +100,7 @@ class DriftMonitor:
                 f"recent inputs are {input_drift:.2f}x as far from the training set as "
                 f"held-out inputs (limit {self.settings.drift_input_ratio:g}x)"
             )
+        self.metrics.prepare_task(task)
         if agreement is not None:
             self.metrics.drift_score.labels(task=task, kind="agreement").set(agreement)
         if input_drift is not None:
@@ -137,17 +144,21 @@ class DriftMonitor:
         queue_training(engine=self.engine, task=task, trigger="drift")
         self.metrics.step_downs.labels(task=task, reason=reason).inc()
 
-    def _window_agreement(self, version: StudentVersion) -> tuple[float | None, int]:
+    def _window_agreement(
+        self, version: StudentVersion, threshold: float | None
+    ) -> tuple[float | None, int]:
+        """Agreement over the latest scored answers the student would have served."""
         with Session(self.engine) as session:
             rows = session.exec(
-                select(ShadowResult.agrees)
+                select(ShadowResult.kind, ShadowResult.agrees, ShadowResult.confidence)
                 .where(ShadowResult.version_id == version.id)
                 .order_by(col(ShadowResult.created_at).desc())
                 .limit(self.settings.drift_window)
             ).all()
-        if len(rows) < self.settings.drift_min_samples:
-            return None, len(rows)
-        return sum(rows) / len(rows), len(rows)
+        agreement, pairs = served_agreement(list(rows), threshold)
+        if pairs < self.settings.drift_min_samples:
+            return None, pairs
+        return agreement, pairs
 
     def _input_drift(self, version: StudentVersion) -> float | None:
         reference = self._reference(version)

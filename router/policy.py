@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
+from core.metrics import Metrics
 from core.tables import StudentVersion, Task
 from router.periodic import Periodic
 
@@ -90,11 +92,23 @@ def load_policies(engine: Engine) -> dict[str, Policy]:
 
 class PolicyCache:
     """Policies refreshed from the store every ``ttl`` seconds by a background task; the
-    request path only reads a dict."""
+    request path only reads a dict. With ``metrics``, each task's mode, cutover and live
+    version are exported as this process last read them."""
 
-    def __init__(self, engine: Engine, *, ttl: float = 1.0) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        ttl: float = 1.0,
+        metrics: Metrics | None = None,
+        prepare: Callable[[dict[str, Policy]], Awaitable[None]] | None = None,
+    ) -> None:
+        """``prepare`` is awaited with new policies before they take effect (to load what
+        their students need, so that a new version serves its first request ready)."""
         self.engine = engine
         self.ttl = ttl
+        self.metrics = metrics
+        self.prepare = prepare
         self._policies: dict[str, Policy] = {}
         self._refresher = Periodic("policy-refresh", ttl, self.refresh)
 
@@ -102,7 +116,12 @@ class PolicyCache:
         return self._policies.get(task) or Policy(task=task)
 
     async def refresh(self) -> None:
-        self._policies = await asyncio.to_thread(load_policies, self.engine)
+        policies = await asyncio.to_thread(load_policies, self.engine)
+        if self.prepare is not None:
+            await self.prepare(policies)
+        if self.metrics is not None:
+            export_policies(self.metrics, policies, previous=self._policies)
+        self._policies = policies
 
     async def start(self) -> None:
         try:
@@ -113,3 +132,20 @@ class PolicyCache:
 
     async def close(self) -> None:
         await self._refresher.close()
+
+
+def export_policies(
+    metrics: Metrics, policies: dict[str, Policy], *, previous: dict[str, Policy]
+) -> None:
+    """Set the policy gauges of every task whose policy changed since ``previous`` (all of
+    them on the first refresh)."""
+    for name, policy in policies.items():
+        if previous.get(name) == policy:
+            continue
+        for mode in MODES:
+            metrics.task_mode.labels(task=name, mode=mode).set(1 if policy.mode == mode else 0)
+        metrics.task_cutover_percent.labels(task=name).set(policy.cutover_percent)
+        number = policy.student.number if policy.student is not None else 0
+        metrics.task_active_version.labels(task=name).set(number)
+        if policy.student is not None:
+            metrics.prepare_student(name)

@@ -1,5 +1,6 @@
 """Auto-ramp (per task, off by default): after a version is published the task shadows
-it; once enough scored pairs agree at the target, it goes live at 10, 25, 50, then 100%,
+it; once enough scored pairs of answers it would serve (at or above its confidence
+threshold) agree at the target, it goes live at 10, 25, 50, then 100%,
 with the same check at each step. Drift steps it back down to shadow (see drift.py)."""
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from core.settings import Settings
-from core.tables import ShadowResult, Task
+from core.tables import ShadowResult, StudentVersion, Task
+from router.gates import served_agreement
 
 log = logging.getLogger("stillroom.router")
 
@@ -58,11 +60,20 @@ def ramp(engine: Engine, settings: Settings) -> list[tuple[str, str, float]]:
 
 
 def _earned(session: Session, task: Task, settings: Settings) -> bool:
-    query = select(ShadowResult.agrees).where(ShadowResult.version_id == task.active_version_id)
+    version = session.get(StudentVersion, task.active_version_id)
+    if version is None:
+        return False
+    query = select(ShadowResult.kind, ShadowResult.agrees, ShadowResult.confidence).where(
+        ShadowResult.version_id == version.id
+    )
     if task.stage_started_at is not None:
         query = query.where(ShadowResult.created_at >= task.stage_started_at)
-    results = session.exec(query).all()
-    if len(results) < settings.ramp_min_pairs:
+    threshold = (
+        task.confidence_threshold
+        if task.confidence_threshold is not None
+        else version.confidence_threshold
+    )
+    agreement, pairs = served_agreement(list(session.exec(query).all()), threshold)
+    if agreement is None or pairs < settings.ramp_min_pairs:
         return False
-    target = task.target_agreement or settings.target_agreement
-    return sum(results) / len(results) >= target
+    return agreement >= (task.target_agreement or settings.target_agreement)

@@ -15,7 +15,13 @@ from router.bucketing import in_cutover
 from router.eligibility import ineligible_reason
 from router.gates import confident, output_problem
 from router.policy import Policy, StudentRef
-from router.student import StudentClient, StudentReply, StudentUnavailable
+from router.student import (
+    PromptEmbedding,
+    Student,
+    StudentDeclined,
+    StudentReply,
+    StudentUnavailable,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,7 +41,7 @@ class Decision:
 @dataclass(frozen=True, slots=True)
 class StudentOutcome:
     reply: StudentReply | None  # None: escalate to the teacher
-    reason: str  # "served", or why it escalated: error, low_confidence, invalid_json, ...
+    reason: str  # "served", or why it escalated: error, low_confidence, unfamiliar, ...
 
 
 def decide(
@@ -54,14 +60,18 @@ def decide(
 
 
 async def ask_student(
-    client: StudentClient,
+    students: Student,
     decision: Decision,
     request: ChatCompletionRequest,
     payload: dict[str, Any],
+    *,
+    prompt: PromptEmbedding | None = None,
 ) -> StudentOutcome:
     student = decision.student
     try:
-        reply = await client.answer(student.adapter_name, payload)
+        reply = await students.answer(student, payload, prompt=prompt)
+    except StudentDeclined as declined:
+        return StudentOutcome(None, declined.reason)
     except StudentUnavailable:
         return StudentOutcome(None, "student_error")
     if not confident(reply.confidence, student.confidence_threshold):

@@ -25,11 +25,18 @@ from core.metrics import Metrics
 from core.profile import prompt_key
 from core.tables import ShadowResult
 from router.policy import Policy
-from router.student import StudentClient, StudentReply, StudentUnavailable
+from router.student import Student, StudentReply, StudentUnavailable
 
 log = logging.getLogger("stillroom.router")
 
-AskTeacher = Callable[[dict[str, Any]], Awaitable[str | None]]
+
+@dataclass(frozen=True, slots=True)
+class TeacherAnswer:
+    text: str
+    exchange_id: str | None  # the stored exchange holding it
+
+
+AskTeacher = Callable[[dict[str, Any]], Awaitable[TeacherAnswer | None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +47,8 @@ class ScoringJob:
     teacher_text: str | None = None  # shadow: known; audit: asked for
     student_reply: StudentReply | None = None  # audit: known; shadow: asked for
     ask_teacher: AskTeacher | None = None  # audit: how to ask (with the client's key)
+    # Shadow: the exchange the teacher served; audit: the teacher call made to check it.
+    exchange_id: str | None = None
 
 
 class Scorer:
@@ -47,7 +56,7 @@ class Scorer:
         self,
         *,
         engine: Engine,
-        student: StudentClient,
+        student: Student,
         metrics: Metrics,
         similarity: Similarity | None = None,
         text_threshold: float = 0.85,
@@ -107,14 +116,18 @@ class Scorer:
         reply = job.student_reply
         if reply is None:
             try:
-                reply = await self.student.answer(student.adapter_name, job.payload)
+                reply = await self.student.answer(student, job.payload)
             except StudentUnavailable as exc:
                 self.metrics.scoring_failures.labels(kind=job.kind, side="student").inc()
-                log.info("shadow call to %s failed: %s", student.adapter_name, exc)
+                log.info(
+                    "shadow call to v%s of %s failed: %s", student.number, job.policy.task, exc
+                )
                 return
-        teacher_text = job.teacher_text
+        teacher_text, exchange_id = job.teacher_text, job.exchange_id
         if teacher_text is None and job.ask_teacher is not None:
-            teacher_text = await job.ask_teacher(job.payload)
+            answer = await job.ask_teacher(job.payload)
+            if answer is not None:
+                teacher_text, exchange_id = answer.text, answer.exchange_id
         if teacher_text is None:
             self.metrics.scoring_failures.labels(kind=job.kind, side="teacher").inc()
             return
@@ -131,6 +144,7 @@ class Scorer:
             task=job.policy.task,
             version_id=student.version_id,
             kind=job.kind,
+            exchange_id=exchange_id,
             input_text=prompt_key(job.payload.get("messages") or []),
             agrees=result.agrees,
             score=result.value,

@@ -1,14 +1,27 @@
-"""The router's client of the student server (vLLM or the embedded one): one answer with
-log-probabilities, or a clear failure the proxy falls back from."""
+"""How the router asks a student: one interface for every kind of student version.
+
+:class:`Student` is what routing, shadow and audit scoring call; :class:`Students` sends
+each version to the student of its kind: :class:`StudentClient` asks the student server
+(vLLM or the embedded one) for a LoRA version, ``router.classifier`` answers a classifier
+version inside the proxy. Either way the answer comes back with a confidence (a
+log-probability), or as a clear failure the proxy falls back from.
+"""
 
 from __future__ import annotations
 
 import math
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import httpx
+
+from router.policy import StudentRef
+
+if TYPE_CHECKING:
+    import numpy as np
+    from numpy.typing import NDArray
 
 MAX_STUDENT_TOKENS = 512
 
@@ -17,12 +30,52 @@ class StudentUnavailable(Exception):
     """The student did not produce a usable answer (error, timeout, bad response)."""
 
 
+class StudentDeclined(StudentUnavailable):
+    """The student would not answer this request (e.g. an input unlike its training set);
+    ``reason`` names why, for the routing metrics."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
 @dataclass(frozen=True, slots=True)
 class StudentReply:
     completion: dict[str, Any]
     text: str
-    confidence: float  # mean token log-probability of the answer
+    confidence: float  # log-probability: mean per answer token (lora), of the label (classifier)
     seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class PromptEmbedding:
+    """A request's prompt key embedded once, for the difficulty gate and a classifier."""
+
+    vector: NDArray[np.float32]
+    seconds: float
+
+
+class Student(Protocol):
+    async def answer(
+        self, student: StudentRef, payload: dict[str, Any], *, prompt: PromptEmbedding | None = None
+    ) -> StudentReply:
+        """The answer of version ``student`` to the chat request ``payload`` (``prompt``:
+        its embedding, when the caller has it). Raises :class:`StudentUnavailable`."""
+
+
+class Students:
+    """A :class:`Student` that hands each version to the student of its kind."""
+
+    def __init__(self, kinds: Mapping[str, Student]) -> None:
+        self.kinds = dict(kinds)
+
+    async def answer(
+        self, student: StudentRef, payload: dict[str, Any], *, prompt: PromptEmbedding | None = None
+    ) -> StudentReply:
+        kind = self.kinds.get(student.kind)
+        if kind is None:
+            raise StudentUnavailable(f"this proxy serves no {student.kind!r} students")
+        return await kind.answer(student, payload, prompt=prompt)
 
 
 def mean_logprob(completion: dict[str, Any]) -> float:
@@ -33,17 +86,20 @@ def mean_logprob(completion: dict[str, Any]) -> float:
 
 
 class StudentClient:
-    """Asks a student version (by its adapter name) to answer a chat request."""
+    """Asks the student server to answer a chat request as a LoRA version (by its adapter
+    name)."""
 
     def __init__(self, *, base_url: str, client: httpx.AsyncClient, timeout: float) -> None:
         self.base_url = base_url.rstrip("/").removesuffix("/v1")
         self.client = client
         self.timeout = timeout
 
-    async def answer(self, adapter: str, payload: dict[str, Any]) -> StudentReply:
+    async def answer(
+        self, student: StudentRef, payload: dict[str, Any], *, prompt: PromptEmbedding | None = None
+    ) -> StudentReply:
         limit = payload.get("max_completion_tokens") or payload.get("max_tokens")
         body = {
-            "model": adapter,
+            "model": student.adapter_name,
             "messages": payload["messages"],
             "max_tokens": min(int(limit), MAX_STUDENT_TOKENS) if limit else MAX_STUDENT_TOKENS,
             "temperature": 0.0,

@@ -14,10 +14,10 @@ import sqlalchemy as sa
 
 from core.settings import Settings
 from core.store import create_store_engine
+from distiller.tiny_model import build_tiny_model
 from proxy.app import create_app
 
 from fakes.teacher import FakeTeacher
-from fakes.tiny_model import build_tiny_model
 from servers import ServerThread
 
 POSTGRES_ADMIN_URL = os.environ.get(
@@ -33,6 +33,11 @@ def sqlite_url(tmp_path: Path) -> str:
 @pytest.fixture
 def postgres_url() -> Iterator[str]:
     """A fresh, empty database on the Postgres at 127.0.0.1:5432, dropped afterwards."""
+    yield from postgres_database()
+
+
+def postgres_database() -> Iterator[str]:
+    """The body of :func:`postgres_url`, for fixtures of a wider scope."""
     name = f"stillroom_test_{uuid.uuid4().hex[:12]}"
     admin = sa.create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
     try:

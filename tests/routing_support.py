@@ -1,7 +1,9 @@
-"""A task with a published student version on a fake vLLM, behind a real proxy."""
+"""A task with a published student version behind a real proxy: a LoRA version on a fake
+vLLM, or a classifier version on CLINC150 intents."""
 
 from __future__ import annotations
 
+import functools
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -12,9 +14,11 @@ import httpx
 import pytest
 from sqlmodel import Session
 
+from core.classifier import Head
 from core.settings import Settings
 from core.store import create_store_engine, create_tables
-from core.tables import StudentVersion, Task
+from core.tables import StudentHead, StudentVersion, Task
+from distiller.datasets import clinc150_banking20
 
 from conftest import RunningProxy
 from fakes.teacher import FakeTeacher
@@ -118,3 +122,86 @@ def ask(proxy: RunningProxy, text: str = "my bill is wrong", **extra: Any) -> ht
         headers={"x-stillroom-task": TASK, "authorization": "Bearer sk-client"},
         timeout=10,
     )
+
+
+# --- classifier students on CLINC150 intents ------------------------------------------------
+
+INTENT_SYSTEM = {
+    "role": "system",
+    "content": "You route banking support messages. Answer with the customer's intent.",
+}
+OUT_OF_SCOPE = "Out Of Scope"
+
+
+def spoken(intent: str) -> str:
+    """How the teacher writes an intent (not the dataset's identifier)."""
+    return intent.replace("_", " ").title()
+
+
+def clinc_teacher(payload: dict[str, Any]) -> str:
+    """The teacher's answer to a CLINC150 utterance: its gold intent, spoken."""
+    return _clinc_answers().get(payload["messages"][-1]["content"], OUT_OF_SCOPE)
+
+
+@functools.cache
+def _clinc_answers() -> dict[str, str]:
+    data = clinc150_banking20()
+    rows = data["train"] + data["val"] + data["test"]
+    return {text: spoken(intent) for text, intent in rows}
+
+
+def clinc_rows(split: str, intents: list[str], per_intent: int) -> list[tuple[str, str]]:
+    """(utterance, teacher answer) rows of a CLINC150 split, at most ``per_intent`` each."""
+    taken: dict[str, int] = {}
+    rows = []
+    for text, intent in clinc150_banking20()[split]:
+        if intent in intents and taken.get(intent, 0) < per_intent:
+            taken[intent] = taken.get(intent, 0) + 1
+            rows.append((text, spoken(intent)))
+    return rows
+
+
+def publish_classifier(
+    database_url: str, head: Head, *, number: int, threshold: float | None
+) -> str:
+    """Make a classifier version with ``head`` the live version of TASK (as the distiller
+    leaves it); the previous live version is retired."""
+    engine = create_store_engine(database_url)
+    create_tables(engine)
+    version_id = uuid.uuid4().hex
+    with Session(engine) as session:
+        task = session.get(Task, TASK) or Task(name=TASK)
+        if task.active_version_id is not None:
+            previous = session.get(StudentVersion, task.active_version_id)
+            if previous is not None:
+                previous.state = "retired"
+        task.active_version_id = version_id
+        session.add(task)
+        session.add(
+            StudentVersion(
+                id=version_id,
+                task=TASK,
+                number=number,
+                kind="classifier",
+                state="published",
+                base_model=head.encoder,
+                adapter_name=f"{TASK}-v{number}",
+                adapter_path=f"/heads/{TASK}/v{number}/head.npz",
+                metric="label",
+                agreement=0.97,
+                confidence_threshold=threshold,
+                retained_share=0.95,
+                evaluation={
+                    "profile": {
+                        "models": ["gpt-4o-mini"],
+                        "response_formats": ["text"],
+                        "tools": False,
+                        "max_prompt_chars": 400,
+                    }
+                },
+            )
+        )
+        session.add(StudentHead(version_id=version_id, data=head.to_bytes()))
+        session.commit()
+    engine.dispose()
+    return version_id

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from core.agreement import detect_shape, json_field_f1, normalise_label, score
+from core.agreement import ShapeRules, detect_shape, json_field_f1, normalise_label, score
 
 
 def test_answers_from_a_small_closed_set_are_label_like() -> None:
@@ -64,3 +64,32 @@ def test_text_agreement_uses_similarity_above_threshold() -> None:
     assert score("text", "a", "b", similarity=lambda x, y: 0.9, text_threshold=0.85).agrees
     assert not score("text", "a", "b", similarity=lambda x, y: 0.5, text_threshold=0.85).agrees
     assert score("text", " same ", "same").agrees
+
+
+def test_shape_rules_bound_how_many_labels_there_may_be() -> None:
+    answers = [f"intent {n}" for n in range(12)] * 5
+    assert detect_shape(answers, rules=ShapeRules(max_labels=12)) == "label"
+    assert detect_shape(answers, rules=ShapeRules(max_labels=11)) == "text"
+
+
+def test_shape_rules_bound_how_often_each_label_is_seen() -> None:
+    answers = ["refund", "billing"] * 3
+    assert detect_shape(answers, rules=ShapeRules(min_count=3)) == "label"
+    assert detect_shape(answers, rules=ShapeRules(min_count=4)) == "text"
+
+
+def test_a_stray_answer_among_many_labels_keeps_the_task_label_like() -> None:
+    answers = ["refund", "billing", "shipping"] * 40 + ["I am not sure, sorry"]
+    assert detect_shape(answers) == "label"
+
+
+def test_long_answers_are_not_labels_however_often_they_repeat() -> None:
+    sentence = "Thank you for your message, a colleague will call you back within a day."
+    answers = [sentence, "refund"] * 10
+    assert detect_shape(answers) == "text"
+    assert detect_shape(answers, rules=ShapeRules(max_chars=len(sentence))) == "label"
+
+
+def test_json_answers_are_json_even_from_a_small_closed_set() -> None:
+    answers = ['{"intent": "refund"}', '{"intent": "billing"}'] * 10
+    assert detect_shape(answers) == "json"

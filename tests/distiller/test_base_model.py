@@ -19,8 +19,7 @@ from distiller.base_model import (
     load_causal_lm,
     resolve_base_model,
 )
-
-from fakes.tiny_model import build_tiny_model
+from distiller.tiny_model import build_tiny_model
 
 GGUF_Q4_1 = 3  # llama.cpp's LLAMA_FTYPE_MOSTLY_Q4_1
 

@@ -62,6 +62,7 @@ def distilling_proxy(
             "lora_learning_rate": 5e-3,
             "target_agreement": 0.9,
             "publish_min_share": 0.2,
+            "student_kinds": ["lora"],  # the LoRA path; tests/router has the classifier's
         }
         values.update(overrides)
         return start_proxy(make_settings(**values), distiller=True)

@@ -104,6 +104,7 @@ def pipeline(
         lora_epochs=4,
         lora_learning_rate=5e-3,
         target_agreement=0.9,
+        student_kinds=["lora"],
     )
     engine = create_store_engine(database_url)
     engines.append(engine)
@@ -160,6 +161,11 @@ async def test_adapter_that_answers_nothing_fails_its_health_check(
     assert version is not None
     assert version.state == "rejected"
     assert "health check" in (version.reason or "")
+    metrics = line.metrics.registry
+    runs = {"task": TASK, "outcome": "rejected"}
+    assert metrics.get_sample_value("stillroom_training_runs_total", runs) == 1
+    kind = {"task": TASK, "kind": version.kind}
+    assert metrics.get_sample_value("stillroom_versions_published_total", kind) == 0
 
 
 @pytest.mark.postgres

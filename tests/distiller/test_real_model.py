@@ -100,6 +100,7 @@ async def test_smollm2_student_beats_its_base_model_by_a_wide_margin(
         student_url=vllm.url,
         lora_epochs=2,
         publish_min_share=0.05,
+        student_kinds=["lora"],
     )
     engine = create_store_engine(settings.database_url)
     create_tables(engine)

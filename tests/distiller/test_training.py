@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from distiller.base_model import load_causal_lm, resolve_base_model
+from distiller.tiny_model import build_tiny_model
 from distiller.training import (
     IGNORE_INDEX,
     LoraTrainingConfig,
@@ -27,8 +28,6 @@ from distiller.training import (
     train_lora,
     use_bf16,
 )
-
-from fakes.tiny_model import build_tiny_model
 
 SYSTEM = (
     "Classify the customer message into one intent label: refund, billing, card_lost, "

@@ -12,10 +12,11 @@ from sqlmodel import Session
 
 from core.settings import Settings
 from core.store import create_store_engine, create_tables
-from core.tables import ShadowResult, Task
+from core.tables import ShadowResult, StudentVersion, Task
 from router.ramp import next_stage, ramp
 
 VERSION = "v" * 32
+THRESHOLD = -0.5  # the version's calibrated confidence threshold
 
 
 @pytest.fixture
@@ -23,6 +24,18 @@ def engine(database_url: str) -> Iterator[Engine]:
     engine = create_store_engine(database_url)
     create_tables(engine)
     with Session(engine) as session:
+        session.add(
+            StudentVersion(
+                id=VERSION,
+                task="t",
+                number=1,
+                state="published",
+                base_model="base",
+                adapter_name="t-v1",
+                adapter_path="/adapters/t/v1",
+                confidence_threshold=THRESHOLD,
+            )
+        )
         session.add(
             Task(
                 name="t",
@@ -37,7 +50,14 @@ def engine(database_url: str) -> Iterator[Engine]:
     engine.dispose()
 
 
-def score(engine: Engine, count: int, *, agree: bool = True) -> None:
+def score(
+    engine: Engine,
+    count: int,
+    *,
+    agree: bool = True,
+    confidence: float = -0.1,
+    kind: str = "shadow",
+) -> None:
     with Session(engine) as session:
         for _ in range(count):
             session.add(
@@ -45,8 +65,9 @@ def score(engine: Engine, count: int, *, agree: bool = True) -> None:
                     id=uuid.uuid4().hex,
                     task="t",
                     version_id=VERSION,
-                    kind="shadow",
+                    kind=kind,
                     agrees=agree,
+                    confidence=confidence,
                     score=1.0 if agree else 0.0,
                     student_answer="a",
                     teacher_answer="a",
@@ -88,3 +109,13 @@ def test_disagreement_holds_the_task_where_it_is(engine: Engine) -> None:
     score(engine, 10, agree=False)
     assert ramp(engine, settings) == []
     assert stage(engine) == ("shadow", 0.0)
+
+
+def test_shadow_answers_below_the_threshold_do_not_count(engine: Engine) -> None:
+    """They would have gone to the teacher: neither evidence for nor against the student."""
+    settings = Settings(ramp_min_pairs=20, target_agreement=0.9)
+    score(engine, 30, agree=False, confidence=THRESHOLD - 1)
+    score(engine, 19)
+    assert ramp(engine, settings) == [], "19 pairs the student would serve are too few"
+    score(engine, 1, kind="audit", confidence=THRESHOLD - 1)
+    assert ramp(engine, settings) == [("t", "live", 10.0)], "an audited answer was served"

@@ -18,7 +18,7 @@ from conftest import RunningProxy
 from fakes.teacher import FakeTeacher
 from fakes.vllm import FakeVllm
 from routing_support import ADAPTER, SYSTEM, TASK, ask, set_policy
-from servers import wait_until
+from servers import stored_exchanges, wait_until
 from wire_schema import validate_chat_completion, validate_error, validate_sse_stream
 
 
@@ -246,6 +246,28 @@ def test_audit_asks_the_teacher_about_live_student_answers(
     assert audit.kind == "audit"
     assert not audit.agrees
     assert teacher.chat_requests()[0].headers["authorization"] == "Bearer sk-client"
+    exchanges = {e.id: e for e in stored_exchanges(proxy.engine, 2)}
+    assert sorted(e.served_by for e in exchanges.values()) == ["student", "teacher"]
+    assert exchanges[audit.exchange_id].served_by == "teacher", "the audit's own teacher call"
+
+
+def test_a_live_tasks_teacher_share_outside_the_cutover_is_shadowed(
+    routed_proxy: Callable[..., RunningProxy], vllm: FakeVllm
+) -> None:
+    """The evidence that earns auto-ramp's next stage keeps coming while the task is live."""
+    proxy = routed_proxy()
+    set_policy(proxy, mode="live", cutover_percent=0, shadow_percent=100)
+    assert ask(proxy).headers["x-stillroom-served-by"] == "teacher"
+
+    def scored() -> list[ShadowResult]:
+        with Session(proxy.engine) as session:
+            return list(session.exec(select(ShadowResult)).all())
+
+    wait_until(lambda: len(scored()) == 1, timeout=10)
+    [result] = scored()
+    assert result.kind == "shadow"
+    [exchange] = stored_exchanges(proxy.engine, 1)
+    assert result.exchange_id == exchange.id
 
 
 @pytest.mark.parametrize(

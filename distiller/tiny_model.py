@@ -1,4 +1,5 @@
-"""A tiny Llama student with a locally trained tokenizer, for fast tests without downloads.
+"""A tiny Llama student with a locally trained tokenizer: fast tests and the
+``stillroom demo --fast`` smoke run, without downloads.
 
 ``build_tiny_model(directory)`` writes a randomly initialised (seeded) ``LlamaForCausalLM``
 of about 100k parameters and a byte-level BPE tokenizer trained here on a built-in English

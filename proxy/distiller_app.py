@@ -1,0 +1,107 @@
+"""``stillroom distiller`` as a small HTTP app: its lifespan runs the scheduler (training
+and publishing), the drift checks and the adapter sync; its routes are ``/healthz`` and
+``/metrics``, so that Prometheus can scrape training and drift metrics from it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import httpx
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
+from sqlalchemy.engine import Engine
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from core.embedding import Encoder
+from core.metrics import Metrics, leave_multiprocess
+from core.settings import Settings
+from core.store import create_store_engine, create_tables
+from distiller.backends import StudentBackend, create_student_backend
+from distiller.pipeline import Pipeline
+from distiller.registry import sync_adapters
+from distiller.scheduler import Distiller
+from router.drift import DriftMonitor, drift_loop
+
+log = logging.getLogger("stillroom")
+
+ADAPTER_SYNC_SECONDS = 30.0
+
+
+def create_distiller_app(
+    settings: Settings, *, registry: CollectorRegistry | None = None
+) -> Starlette:
+    """The distiller process. ``registry`` lets tests read its metrics."""
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        metrics = Metrics(registry)
+        app.state.metrics = metrics
+        engine = create_store_engine(settings.database_url)
+        await asyncio.to_thread(create_tables, engine)
+        async with httpx.AsyncClient(timeout=httpx.Timeout(60.0, connect=5.0)) as client:
+            backend = create_student_backend(settings, client)
+            pipeline = Pipeline(
+                settings=settings,
+                engine=engine,
+                backend=backend,
+                encoder=Encoder(settings.embedding_model),
+                metrics=metrics,
+            )
+            distiller = Distiller(pipeline)
+            distiller.start()
+            monitor = DriftMonitor(
+                engine=engine, encoder=pipeline.encoder, settings=settings, metrics=metrics
+            )
+            drift = drift_loop(monitor, settings.drift_check_seconds)
+            drift.start()
+            adapters = asyncio.create_task(_keep_adapters_loaded(engine, backend))
+            log.info(
+                "distiller running: looking for tasks every %ss", settings.distill_interval_seconds
+            )
+            try:
+                yield
+            finally:
+                adapters.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await adapters
+                distiller.stop()
+                await drift.close()
+                engine.dispose()
+                leave_multiprocess()
+
+    return Starlette(
+        routes=[
+            Route("/healthz", _healthz, methods=["GET"]),
+            Route("/metrics", _metrics, methods=["GET"]),
+        ],
+        lifespan=lifespan,
+    )
+
+
+async def _healthz(request: Request) -> JSONResponse:
+    return JSONResponse({"status": "ok"})
+
+
+async def _metrics(request: Request) -> Response:
+    metrics: Metrics = request.app.state.metrics
+    return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+
+
+async def _keep_adapters_loaded(engine: Engine, backend: StudentBackend) -> None:
+    """Load active adapters the student server lacks (it restarted, or is new), now and
+    every ``ADAPTER_SYNC_SECONDS``."""
+    while True:
+        try:
+            loaded = await sync_adapters(engine=engine, backend=backend)
+        except Exception as exc:  # the student server may be starting
+            log.warning("could not sync adapters with the student server: %s", exc)
+        else:
+            if loaded:
+                log.info("loaded active adapters into the student server: %s", loaded)
+        await asyncio.sleep(ADAPTER_SYNC_SECONDS)

@@ -1,0 +1,202 @@
+"""Classifier students, answered inside the proxy: no hop to a student server.
+
+The proxy's one encoder embeds the request's prompt key (the same embedding the difficulty
+gate uses); the version's head, a matrix product on that embedding, gives calibrated
+probabilities over the task's labels, and the answer is the teacher's own answer string for
+the likeliest one. An input unlike every label's training inputs is declined (the teacher
+answers it).
+
+Heads are read from the store (every replica can) and kept in a bounded LRU keyed by version
+id. Versions never change, so a new version is a new key: the policy refresh loads its head
+before the policy naming it takes effect, and requests switch from one head to the next
+atomically with the policy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+import uuid
+from collections import OrderedDict
+from typing import Any
+
+import numpy as np
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, col, select
+
+from core.classifier import Head, Prediction
+from core.embedding import Encoder
+from core.profile import prompt_chars, prompt_key
+from core.tables import StudentHead
+from router.policy import Policy, StudentRef
+from router.student import PromptEmbedding, StudentDeclined, StudentReply, StudentUnavailable
+
+log = logging.getLogger("stillroom.router")
+
+CHARS_PER_TOKEN = 4  # usage is estimated: a classifier has no tokenizer of the teacher's
+
+
+class ClassifierStudent:
+    """A :class:`router.student.Student` for ``classifier`` versions."""
+
+    def __init__(
+        self, *, engine: Engine, encoder: Encoder, encoder_name: str, max_heads: int = 256
+    ) -> None:
+        self.engine = engine
+        self.encoder = encoder
+        self.encoder_name = encoder_name
+        self.max_heads = max_heads
+        self._heads: OrderedDict[str, Head] = OrderedDict()
+        self._warming: asyncio.Future[None] | None = None
+
+    def embed(self, messages: list[dict[str, Any]]) -> PromptEmbedding:
+        """The request's prompt key, embedded (blocking: call it from a worker thread)."""
+        began = time.perf_counter()
+        vector = self.encoder.encode([prompt_key(messages)])[0]
+        return PromptEmbedding(vector, time.perf_counter() - began)
+
+    async def answer(
+        self, student: StudentRef, payload: dict[str, Any], *, prompt: PromptEmbedding | None = None
+    ) -> StudentReply:
+        head = await self.head(student.version_id)
+        if prompt is None:
+            prompt = await asyncio.to_thread(self.embed, payload.get("messages") or [])
+        began = time.perf_counter()
+        if prompt.vector.shape[-1] != head.dimension:
+            raise StudentUnavailable(
+                f"v{student.number}'s head takes {head.dimension}-dimensional embeddings; "
+                f"this proxy's encoder gives {prompt.vector.shape[-1]}"
+            )
+        prediction = head.predict(prompt.vector)
+        if not prediction.familiar:
+            raise StudentDeclined(
+                "unfamiliar",
+                f"input unlike v{student.number}'s training set (similarity "
+                f"{prediction.similarity:.2f} < {head.min_similarity:.2f})",
+            )
+        seconds = prompt.seconds + time.perf_counter() - began
+        return StudentReply(
+            completion=completion(prediction, payload),
+            text=prediction.answer,
+            confidence=prediction.logprob,
+            seconds=seconds,
+        )
+
+    async def head(self, version_id: str) -> Head:
+        """The head of a version, from memory or else from the store."""
+        head = self._heads.get(version_id)
+        if head is None:
+            loaded = await asyncio.to_thread(self._load, [version_id])
+            head = loaded.get(version_id)
+            if head is None:
+                raise StudentUnavailable(f"no classifier head for version {version_id}")
+            self._keep(version_id, head)
+        else:
+            self._heads.move_to_end(version_id)
+        return head
+
+    async def prepare(self, policies: dict[str, Policy]) -> None:
+        """Load the heads of classifier versions that serve or shadow and are not in memory
+        (called by the policy refresh before the policies take effect), and start loading
+        the encoder (in the background: a policy change does not wait for it)."""
+        wanted = [
+            p.student.version_id
+            for p in policies.values()
+            if p.student is not None and p.student.kind == "classifier" and p.mode != "off"
+        ]
+        missing = [version for version in wanted if version not in self._heads]
+        if not missing:
+            return
+        if self._warming is None:
+            self._warming = asyncio.get_running_loop().run_in_executor(None, self._warm)
+        try:
+            loaded = await asyncio.to_thread(self._load, missing)
+        except Exception as exc:  # the request path retries; the teacher answers meanwhile
+            log.warning("could not load classifier heads %s: %s", missing, exc)
+            return
+        for version_id in missing:
+            if version_id in loaded:
+                self._keep(version_id, loaded[version_id])
+
+    @property
+    def loaded(self) -> list[str]:
+        """Version ids of the heads in memory, least recently used first."""
+        return list(self._heads)
+
+    def _warm(self) -> None:
+        try:
+            self.encoder.encode(["load the model"])
+        except Exception as exc:  # the first request will load it, or say why not
+            log.warning("could not load the encoder of classifier students: %s", exc)
+
+    def _keep(self, version_id: str, head: Head) -> None:
+        self._heads[version_id] = head
+        self._heads.move_to_end(version_id)
+        while len(self._heads) > self.max_heads:
+            self._heads.popitem(last=False)
+
+    def _load(self, version_ids: list[str]) -> dict[str, Head]:
+        with Session(self.engine) as session:
+            rows = session.exec(
+                select(StudentHead).where(col(StudentHead.version_id).in_(version_ids))
+            ).all()
+            stored = {row.version_id: row.data for row in rows}
+        heads = {}
+        for version_id, data in stored.items():
+            head = Head.from_bytes(data)
+            if head.encoder != self.encoder_name:
+                log.warning(
+                    "version %s's head was trained on %s embeddings; this proxy embeds with "
+                    "%s (set STILLROOM_EMBEDDING_MODEL alike): it will not serve",
+                    version_id,
+                    head.encoder,
+                    self.encoder_name,
+                )
+                continue
+            heads[version_id] = head
+        return heads
+
+
+def completion(prediction: Prediction, payload: dict[str, Any]) -> dict[str, Any]:
+    """The answer as a ``chat.completion``: one choice whose content is the label's answer
+    string; its log-probability (and the next likeliest labels', up to ``top_logprobs``)
+    as a single token covering the whole answer."""
+    answer = prediction.answer
+    top = int(payload.get("top_logprobs") or 0)
+    entry = {
+        "token": answer,
+        "logprob": prediction.logprob,
+        "bytes": list(answer.encode()),
+        "top_logprobs": [
+            {"token": text, "logprob": _finite(logprob), "bytes": list(text.encode())}
+            for text, logprob in prediction.ranked[:top]
+        ],
+    }
+    prompt_tokens = math.ceil(prompt_chars(payload) / CHARS_PER_TOKEN)
+    completion_tokens = max(1, math.ceil(len(answer) / CHARS_PER_TOKEN))
+    return {
+        "id": f"chatcmpl-{uuid.uuid4().hex}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": "classifier",
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": answer},
+                "logprobs": {"content": [entry], "refusal": None},
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        },
+    }
+
+
+def _finite(logprob: float) -> float:
+    """JSON has no -inf: a vanishing probability is reported as OpenAI does, -9999."""
+    return logprob if np.isfinite(logprob) else -9999.0

@@ -1,0 +1,125 @@
+"""``stillroom demo --fast``: the whole loop runs to a report whose figures are the store's."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlmodel import Session, select
+
+from core.settings import Settings
+from core.store import create_store_engine
+from core.tables import Exchange, ShadowResult
+from proxy.demo.report import Figures, summary_rows
+from proxy.demo.traffic import TASK
+
+from servers import free_port
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    directory = tmp_path_factory.mktemp("demo")
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("STILLROOM_")}
+    command = [
+        sys.executable,
+        "-c",
+        "from proxy.cli import main; main()",
+        "demo",
+        "--fast",
+        "--no-keep-serving",
+        "--dir",
+        str(directory),
+        "--port",
+        str(free_port()),
+    ]
+    result = subprocess.run(
+        command, env=environment, capture_output=True, text=True, timeout=900, check=False
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return directory
+
+
+def report(demo: Path) -> dict[str, Any]:
+    document: dict[str, Any] = json.loads((demo / "report.json").read_text())
+    return document
+
+
+def stored(demo: Path) -> tuple[list[Exchange], set[str | None]]:
+    engine = create_store_engine(f"sqlite:///{demo / 'stillroom.db'}")
+    try:
+        with Session(engine) as session:
+            exchanges = list(
+                session.exec(
+                    select(Exchange).where(Exchange.task == TASK, Exchange.status == "ok")
+                ).all()
+            )
+            audits = set(
+                session.exec(
+                    select(ShadowResult.exchange_id).where(ShadowResult.kind == "audit")
+                ).all()
+            )
+        return exchanges, audits
+    finally:
+        engine.dispose()
+
+
+def test_the_report_counts_what_the_store_holds(demo: Path) -> None:
+    figures = report(demo)
+    exchanges, audits = stored(demo)
+    requests = [e for e in exchanges if e.id not in audits]
+    assert figures["requests"] == len(requests)
+    assert figures["audits"] == len(exchanges) - len(requests)
+    for served_by in ("teacher", "student", "fallback"):
+        assert figures["served"][served_by] == sum(e.served_by == served_by for e in requests)
+    assert figures["cost_usd"] == pytest.approx(sum(e.cost_usd or 0.0 for e in exchanges))
+    settings = Settings()
+    teacher_only = 0.0
+    for e in requests:
+        if e.served_by == "student":
+            price = settings.price_of(e.model)
+            assert price is not None
+            teacher_only += price.cost(e.prompt_tokens or 0, e.completion_tokens or 0)
+        else:
+            teacher_only += e.cost_usd or 0.0
+    assert figures["teacher_only_usd"] == pytest.approx(teacher_only)
+
+
+def test_the_student_takes_the_traffic_over_and_the_cost_curve_bends(demo: Path) -> None:
+    figures = report(demo)
+    phases = [phase for _, phase in figures["phases"]]
+    assert phases[0] == "capturing teacher answers"
+    assert phases.index("shadow") < phases.index("live 10%") < phases.index("live 100%")
+    assert (figures["mode"], figures["cutover_percent"]) == ("live", 100.0)
+    final = figures["final_stage"]
+    assert final["student_share"] > 0.5, "the student serves most of the final stage"
+    assert final["cost_per_million_usd"] < final["teacher_only_per_million_usd"] / 2
+    assert figures["cost_usd"] < figures["teacher_only_usd"]
+    timeline = figures["timeline"]
+    early, late = timeline[len(timeline) // 4], timeline[-1]
+    assert late["student_share"] > early["student_share"]
+
+
+def test_the_published_student_kept_the_quality(demo: Path) -> None:
+    figures = report(demo)
+    active = figures["active_version"]
+    assert active["state"] == "published"
+    assert active["retained_agreement"] >= 0.95
+    audit = figures["live_agreement"]["audit"]
+    assert audit["pairs"] > 0
+
+
+def test_the_report_files_show_the_figures(demo: Path) -> None:
+    figures = report(demo)
+    assert (demo / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    text = (demo / "report.md").read_text()
+    rows = summary_rows(Figures(**{k: v for k, v in figures.items() if k != "phases"}))
+    for name, value in rows:
+        assert f"| {name} | {value} |" in text
+    assert "![traffic share and cost over time](report.png)" in text
