@@ -69,10 +69,11 @@ def distill_rows(figures: dict[str, Any]) -> list[tuple[str, str]]:
             both(figures, "share_at_target", percent),
         ),
         (
-            "time per request p50 / p99",
-            both(figures, "latency_p50_ms", lambda v: f"{v:.1f}")
-            + " ms; p99 "
-            + both(figures, "latency_p99_ms", lambda v: f"{v:.0f}")
+            "time per request",
+            "p50 "
+            + both(figures, "latency_p50_ms", lambda v: f"{v:.1f}")
+            + " ms, p99 "
+            + both(figures, "latency_p99_ms", lambda v: f"{v:.1f}")
             + " ms",
         ),
         ("artefact size", both(figures, "artefact_kb", lambda kb: f"{kb / 1e3:.2f} MB")),
