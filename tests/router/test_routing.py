@@ -22,6 +22,11 @@ from servers import stored_exchanges, wait_until
 from wire_schema import validate_chat_completion, validate_error, validate_sse_stream
 
 
+def scored_pairs(proxy: RunningProxy) -> list[ShadowResult]:
+    with Session(proxy.engine) as session:
+        return list(session.exec(select(ShadowResult)).all())
+
+
 def student_calls(vllm: FakeVllm) -> int:
     return sum(1 for call in vllm.requests if call.path == "/v1/chat/completions")
 
@@ -218,12 +223,8 @@ def test_shadow_scores_the_student_without_slowing_the_client(
     assert response.headers["x-stillroom-served-by"] == "teacher"
     assert elapsed < 1.0, "the client waited for the shadow call"
 
-    def scored() -> list[ShadowResult]:
-        with Session(proxy.engine) as session:
-            return list(session.exec(select(ShadowResult)).all())
-
-    wait_until(lambda: len(scored()) == 1, timeout=10)
-    [result] = scored()
+    wait_until(lambda: len(scored_pairs(proxy)) == 1, timeout=10)
+    [result] = scored_pairs(proxy)
     assert result.kind == "shadow"
     assert result.agrees
     assert (result.student_answer, result.teacher_answer) == ("billing", "billing")
@@ -237,12 +238,8 @@ def test_audit_asks_the_teacher_about_live_student_answers(
     vllm.answers[ADAPTER] = "refund"
     assert ask(proxy).headers["x-stillroom-served-by"] == "student"
 
-    def audits() -> list[ShadowResult]:
-        with Session(proxy.engine) as session:
-            return list(session.exec(select(ShadowResult)).all())
-
-    wait_until(lambda: len(audits()) == 1, timeout=10)
-    [audit] = audits()
+    wait_until(lambda: len(scored_pairs(proxy)) == 1, timeout=10)
+    [audit] = scored_pairs(proxy)
     assert audit.kind == "audit"
     assert not audit.agrees
     assert teacher.chat_requests()[0].headers["authorization"] == "Bearer sk-client"
@@ -259,12 +256,8 @@ def test_a_live_tasks_teacher_share_outside_the_cutover_is_shadowed(
     set_policy(proxy, mode="live", cutover_percent=0, shadow_percent=100)
     assert ask(proxy).headers["x-stillroom-served-by"] == "teacher"
 
-    def scored() -> list[ShadowResult]:
-        with Session(proxy.engine) as session:
-            return list(session.exec(select(ShadowResult)).all())
-
-    wait_until(lambda: len(scored()) == 1, timeout=10)
-    [result] = scored()
+    wait_until(lambda: len(scored_pairs(proxy)) == 1, timeout=10)
+    [result] = scored_pairs(proxy)
     assert result.kind == "shadow"
     [exchange] = stored_exchanges(proxy.engine, 1)
     assert result.exchange_id == exchange.id
