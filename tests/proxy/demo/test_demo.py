@@ -101,9 +101,12 @@ def test_the_student_takes_the_traffic_over_and_the_cost_curve_bends(demo: Path)
     assert final["student_share"] > 0.5, "the student serves most of the final stage"
     assert final["cost_per_million_usd"] < final["teacher_only_per_million_usd"] / 2
     assert figures["cost_usd"] < figures["teacher_only_usd"]
-    timeline = figures["timeline"]
-    early, late = timeline[len(timeline) // 4], timeline[-1]
-    assert late["student_share"] > early["student_share"]
+    # The last bin may hold a handful of requests; compare the last quarter as a whole.
+    timeline = [point for point in figures["timeline"] if point["requests"] > 0]
+    quarter = max(1, len(timeline) // 4)
+    early = sum(p["student_share"] for p in timeline[:quarter]) / quarter
+    late = sum(p["student_share"] for p in timeline[-quarter:]) / quarter
+    assert late > early
 
 
 def test_the_published_student_kept_the_quality(demo: Path) -> None:
