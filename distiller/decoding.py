@@ -104,10 +104,10 @@ class Decoder:
             if cancel is not None and cancel.is_set():
                 break
             with torch.inference_mode():
-                out = self.model(input_ids=inputs, past_key_values=cache, use_cache=True)
+                out = self.model(input_ids=inputs, cache=cache, use_cache=True)
                 logprobs = torch.log_softmax(out.logits[0, -1].float(), dim=-1)
                 token = self._pick(logprobs, generator)
-            cache = out.past_key_values
+            cache = out.cache
             if token in self.eos_ids:
                 stopped = ended_by_eos = True
                 break

@@ -302,7 +302,7 @@ class StudentModel:
         width = max(len(ids) for ids in encoded) - 1  # a candidate's last token is not input
         rest = None
         if width > 0:
-            cache = out.past_key_values
+            cache = out.cache
             cache.batch_repeat_interleave(len(encoded))
             inputs = torch.zeros((len(encoded), width), dtype=torch.long)
             mask = torch.zeros((len(encoded), len(prompt) + width), dtype=torch.long)
@@ -315,7 +315,7 @@ class StudentModel:
                 input_ids=inputs.to(self._device),
                 attention_mask=mask.to(self._device),
                 position_ids=positions.to(self._device),
-                past_key_values=cache,
+                cache=cache,
                 use_cache=True,
             ).logits
             rest = torch.log_softmax(logits.float(), dim=-1)

@@ -297,12 +297,12 @@ def supervised_loss(
             input_ids=input_ids, attention_mask=attention_mask, use_cache=False
         ).last_hidden_state
     else:
-        cache = decoder(input_ids=input_ids[:1, :shared], use_cache=True).past_key_values
+        cache = decoder(input_ids=input_ids[:1, :shared], use_cache=True).cache
         cache.batch_repeat_interleave(input_ids.shape[0])
         hidden = decoder(
             input_ids=input_ids[:, shared:],
             attention_mask=attention_mask,
-            past_key_values=cache,
+            cache=cache,
             use_cache=True,
         ).last_hidden_state
         predict, targets = predict[:, shared:], targets[:, shared:]
