@@ -162,12 +162,14 @@ class Distiller:
             return
         key = task_lock_key(task)
         with self.engine.connect() as connection:
-            locked = connection.execute(
-                sa.text("SELECT pg_try_advisory_lock(:key)"), {"key": key}
-            ).scalar_one()
+            locked = bool(
+                connection.execute(
+                    sa.text("SELECT pg_try_advisory_lock(:key)"), {"key": key}
+                ).scalar_one()
+            )
             connection.commit()
             try:
-                yield bool(locked)
+                yield locked
             finally:
                 if locked:
                     connection.execute(sa.text("SELECT pg_advisory_unlock(:key)"), {"key": key})
