@@ -13,6 +13,20 @@ from typing import Any
 import orjson
 import uvicorn
 
+from core.wire import (
+    SSE_DONE,
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChunkChoice,
+    CompletionTokensDetails,
+    Delta,
+    ErrorBody,
+    FinishReason,
+    PromptTokensDetails,
+    Usage,
+    sse,
+)
+
 CHAT = "/v1/chat/completions"
 
 _ID, _CREATED, _MODEL, _FINGERPRINT = (
@@ -28,37 +42,29 @@ _PIECES = (
     " for March",
     " and wants one back.",
 )
-_USAGE = {
-    "prompt_tokens": 231,
-    "completion_tokens": 17,
-    "total_tokens": 248,
-    "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
-    "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0},
-}
-COMPLETION = orjson.dumps(
-    {
-        "id": _ID,
-        "object": "chat.completion",
-        "created": _CREATED,
-        "model": _MODEL,
-        "choices": [
-            {
-                "index": 0,
-                "message": {
-                    "role": "assistant",
-                    "content": "".join(_PIECES),
-                    "refusal": None,
-                    "annotations": [],
-                },
-                "logprobs": None,
-                "finish_reason": "stop",
-            }
-        ],
-        "usage": _USAGE,
-        "service_tier": "default",
-        "system_fingerprint": _FINGERPRINT,
-    }
-)
+_TIER = "default"
+
+
+def _usage() -> Usage:
+    usage = Usage.of(231, 17)
+    usage.prompt_tokens_details = PromptTokensDetails(cached_tokens=0, audio_tokens=0)
+    usage.completion_tokens_details = CompletionTokensDetails(reasoning_tokens=0, audio_tokens=0)
+    return usage
+
+
+def _whole_answer() -> ChatCompletion:
+    answer = "".join(_PIECES)
+    completion = ChatCompletion.from_text(
+        answer, model=_MODEL, id=_ID, created=_CREATED, usage=_usage()
+    )
+    completion.service_tier = _TIER
+    completion.system_fingerprint = _FINGERPRINT
+    return completion
+
+
+# Serialised once: the benchmark measures the proxy, so the teacher does no work per request.
+COMPLETION = _whole_answer().model_dump_json().encode()
+NOT_FOUND = ErrorBody.of("not found", error_type="invalid_request_error").model_dump_json().encode()
 TEACHER_HEADERS = [
     (b"openai-organization", b"bench-org"),
     (b"openai-processing-ms", b"412"),
@@ -69,33 +75,29 @@ TEACHER_HEADERS = [
 ]
 
 
-def _event(choices: list[dict[str, Any]], **extra: Any) -> bytes:
-    chunk = {
-        "id": _ID,
-        "object": "chat.completion.chunk",
-        "created": _CREATED,
-        "model": _MODEL,
-        "system_fingerprint": _FINGERPRINT,
-        "choices": choices,
-        **extra,
-    }
-    return b"data: " + orjson.dumps(chunk) + b"\n\n"
-
-
 def stream_events(*, include_usage: bool) -> list[bytes]:
     """Role chunk, content chunks, finish chunk, the usage chunk if asked, ``[DONE]``."""
-    extra: dict[str, Any] = {"usage": None} if include_usage else {}
-
-    def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
-        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
-        return _event([choice], **extra)
-
-    events = [chunk({"role": "assistant", "content": "", "refusal": None})]
-    events += [chunk({"content": piece}) for piece in _PIECES]
-    events.append(chunk({}, "stop"))
+    head: dict[str, Any] = {
+        "id": _ID,
+        "created": _CREATED,
+        "model": _MODEL,
+        "service_tier": _TIER,
+        "system_fingerprint": _FINGERPRINT,
+    }
     if include_usage:
-        events.append(_event([], usage=_USAGE))
-    return [*events, b"data: [DONE]\n\n"]
+        head["usage"] = None  # every chunk before the usage chunk says "usage": null
+
+    def chunk(delta: Delta, finish: FinishReason | None = None) -> bytes:
+        choice = ChunkChoice(index=0, delta=delta, finish_reason=finish)
+        return sse(ChatCompletionChunk.model_validate({**head, "choices": [choice]}))
+
+    events = [chunk(Delta(role="assistant", content=""))]
+    events += [chunk(Delta(content=piece)) for piece in _PIECES]
+    events.append(chunk(Delta(), "stop"))
+    if include_usage:
+        usage = {**head, "choices": [], "usage": _usage()}
+        events.append(sse(ChatCompletionChunk.model_validate(usage)))
+    return [*events, SSE_DONE]
 
 
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -123,7 +125,7 @@ async def teacher_app(scope: dict[str, Any], receive: Receive, send: Send) -> No
     elif scope["path"] in ("/healthz", "/v1/models"):
         await _send_whole(send, 200, b'{"object":"list","data":[]}')
     else:
-        await _send_whole(send, 404, b'{"error":{"message":"not found","type":"invalid"}}')
+        await _send_whole(send, 404, NOT_FOUND)
 
 
 async def _send_whole(send: Send, status: int, content: bytes) -> None:

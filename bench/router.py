@@ -52,10 +52,11 @@ from sqlmodel import Session
 from core.agreement import score
 from core.classifier import Head
 from core.embedding import Encoder
+from core.evaluation import TrainingProfile, VersionEvaluation
 from core.profile import prompt_key
 from core.store import create_store_engine, create_tables
 from core.tables import StudentHead, StudentVersion, Task
-from core.wire import ChatCompletionRequest
+from core.wire import ChatCompletion, ChatCompletionRequest, Usage
 from distiller.base_model import resolve_base_model
 from distiller.datasets import clinc150_banking20
 from distiller.decoding import StreamPiece
@@ -369,14 +370,14 @@ def publish_classifier(
                 adapter_path="-",
                 metric="label",
                 confidence_threshold=threshold,
-                evaluation={
-                    "profile": {
-                        "models": ["gpt-4o-mini"],
-                        "response_formats": ["text"],
-                        "tools": False,
-                        "max_prompt_chars": longest,
-                    }
-                },
+                evaluation=VersionEvaluation(
+                    profile=TrainingProfile(
+                        models=["gpt-4o-mini"],
+                        response_formats=["text"],
+                        tools=False,
+                        max_prompt_chars=longest,
+                    )
+                ).document(),
             )
         )
         session.add(StudentHead(version_id=version_id, data=head.to_bytes()))
@@ -413,22 +414,13 @@ def gold_teacher(answers: dict[str, str]) -> Any:
                 break
         payload = json.loads(body or b"{}")
         text = (payload.get("messages") or [{}])[-1].get("content", "")
-        completion = {
-            "id": "chatcmpl-bench",
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": "gpt-4o-mini",
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": answers.get(text, OUT_OF_SCOPE)},
-                    "logprobs": None,
-                    "finish_reason": "stop",
-                }
-            ],
-            "usage": {"prompt_tokens": 60, "completion_tokens": 3, "total_tokens": 63},
-        }
-        content = json.dumps(completion).encode()
+        completion = ChatCompletion.from_text(
+            answers.get(text, OUT_OF_SCOPE),
+            model="gpt-4o-mini",
+            id="chatcmpl-bench",
+            usage=Usage.of(60, 3),
+        )
+        content = completion.model_dump_json().encode()
         headers = [(b"content-type", b"application/json")]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": content})

@@ -11,7 +11,9 @@ The hierarchy::
     ├── TeacherError                502 api_error (the teacher could not be used)
     │   ├── TeacherUnreachableError 502 api_error (connect failed)
     │   └── TeacherTimeoutError     504 api_error (no answer in time)
-    └── ConfigurationError          raised at start-up, never sent to a client
+    ├── ConfigurationError          raised at start-up, never sent to a client
+    └── StoreSchemaError            raised at start-up: the store's schema is not one
+                                    this build can use (a newer stillroom upgraded it)
 
 Raise these anywhere; exactly one handler in the proxy turns them into responses.
 """
@@ -19,6 +21,8 @@ Raise these anywhere; exactly one handler in the proxy turns them into responses
 from __future__ import annotations
 
 from typing import Any
+
+from core.wire import ErrorBody
 
 
 class StillroomError(Exception):
@@ -47,14 +51,10 @@ class StillroomError(Exception):
 
     def to_body(self) -> dict[str, Any]:
         """The error in OpenAI's wire shape: ``{"error": {message, type, param, code}}``."""
-        return {
-            "error": {
-                "message": self.message,
-                "type": self.error_type,
-                "param": self.param,
-                "code": self.code,
-            }
-        }
+        body = ErrorBody.of(
+            self.message, error_type=self.error_type, param=self.param, code=self.code
+        )
+        return body.model_dump()
 
 
 class InvalidRequestError(StillroomError):
@@ -101,3 +101,8 @@ class TeacherTimeoutError(TeacherError):
 
 class ConfigurationError(StillroomError):
     """A setting or configuration file that stillroom cannot start with."""
+
+
+class StoreSchemaError(StillroomError):
+    """The store's schema is not one this build can bring to its own: upgraded by a newer
+    stillroom, or made by a build that recorded no schema revision. Stops start-up."""

@@ -110,6 +110,12 @@ class Metrics:
             "Exchanges the store refused as data (kept in the rejected file for inspection).",
             registry=r,
         )
+        self.capture_schema_errors = Counter(
+            "stillroom_capture_schema_errors",
+            "Writes of exchanges that failed on the store's schema (a missing table or column: "
+            "the store is not at this build's revision); their exchanges were spilled, not lost.",
+            registry=r,
+        )
         self.store_up = Gauge(
             "stillroom_store_up",
             "1 when the last write to the store succeeded, 0 while it is unreachable.",
@@ -157,6 +163,13 @@ class Metrics:
         self.savings_usd = Counter(
             "stillroom_savings_usd",
             "Counterfactual teacher cost minus the student's cost, for what the student served.",
+            ["task"],
+            registry=r,
+        )
+        self.audit_cost_usd = Counter(
+            "stillroom_audit_cost_usd",
+            "What the teacher calls auditing live student answers cost: real spend, but no "
+            "client's request, so in none of the request metrics.",
             ["task"],
             registry=r,
         )
@@ -247,6 +260,7 @@ class Metrics:
         self.cost_usd.labels(task=task, served_by="student")
         self.counterfactual_cost_usd.labels(task=task)
         self.savings_usd.labels(task=task)
+        self.audit_cost_usd.labels(task=task)
         for kind in SCORING_KINDS:
             for agrees in ("true", "false"):
                 self.scored.labels(task=task, kind=kind, agrees=agrees)

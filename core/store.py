@@ -7,6 +7,7 @@ synchronous (SQLAlchemy's), so async callers run them in a worker thread.
 from __future__ import annotations
 
 import hashlib
+import logging
 import uuid
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -16,12 +17,15 @@ import orjson
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine, make_url
-from sqlmodel import Session, SQLModel, col, func, select
+from sqlmodel import Session, col, func, select
 
-from core.errors import ConfigurationError, NotFoundError
+from core import migrations
+from core.errors import ConfigurationError, NotFoundError, StoreSchemaError
 from core.tables import Exchange, ExchangeCreate, Task, TrainingRun
 
-# Taken while creating tables so that replicas starting together do not race on DDL.
+log = logging.getLogger("stillroom.store")
+
+# Taken while migrating so that replicas starting together do not race on DDL.
 _SCHEMA_LOCK_ID = 0x5714_1200
 
 
@@ -79,7 +83,16 @@ def _sqlite_engine(url: str, database: str | None, timeout: float) -> Engine:
 
 
 def create_tables(engine: Engine) -> None:
-    """Create missing tables; safe to call from several processes at once."""
+    """Bring the store to this build's schema, keeping every row: build it in an empty
+    store, upgrade one made by an earlier release (see :mod:`core.migrations`).
+
+    Safe to call from several processes at once: the first migrates under a lock, the
+    others then find nothing to do. A store already at the head costs one query. Raises
+    :class:`StoreSchemaError` for a store this build cannot use (upgraded by a newer
+    stillroom), and ``OperationalError`` when the store cannot be reached.
+    """
+    if schema_revision(engine) == migrations.head():
+        return
     with engine.begin() as connection:
         if engine.dialect.name == "postgresql":
             connection.execute(
@@ -88,7 +101,59 @@ def create_tables(engine: Engine) -> None:
         elif engine.dialect.name == "sqlite":
             # The driver opens no transaction for DDL; take the write lock explicitly.
             connection.exec_driver_sql("BEGIN IMMEDIATE")
-        SQLModel.metadata.create_all(connection)
+        # Alembic is loaded only when there is work: most starts find the store at head.
+        from core.migrations.upgrade import upgrade_store
+
+        applied = upgrade_store(connection)
+    if applied:
+        log.info("store schema upgraded to %s (applied %s)", applied[-1], ", ".join(applied))
+
+
+def schema_revision(engine: Engine) -> str | None:
+    """The schema revision the store records; None when it records none (an empty store,
+    or one made by a release before migrations)."""
+    try:
+        with engine.connect() as connection:
+            return connection.execute(
+                sa.text(f"SELECT version_num FROM {migrations.VERSION_TABLE}")
+            ).scalar()
+    except (sa.exc.OperationalError, sa.exc.ProgrammingError):
+        # No version table, or no store: one more question tells which (and raises again).
+        with engine.connect() as connection:
+            if sa.inspect(connection).has_table(migrations.VERSION_TABLE):
+                raise
+        return None
+
+
+def schema_status(engine: Engine) -> migrations.SchemaStatus:
+    """Where the store's schema stands against this build's (``stillroom db current``)."""
+    from core.migrations.upgrade import read_status
+
+    with engine.connect() as connection:
+        return read_status(connection)
+
+
+# SQLite reports a missing table or column as an OperationalError, like an outage.
+_SQLITE_SCHEMA_FAULTS = ("no such table", "no such column", "has no column named")
+
+
+def schema_fault(exc: BaseException) -> str | None:
+    """Why ``exc`` says that the store's schema does not fit this build (a missing table or
+    column, a store of another revision, a statement the store cannot run), or None when
+    it says something else: that the store is unreachable, or refuses a row as data."""
+    if isinstance(exc, StoreSchemaError):
+        return exc.message
+    if not isinstance(exc, sa.exc.DBAPIError):
+        return None
+    lines = str(exc.orig).strip().splitlines()
+    cause = lines[0] if lines else type(exc.orig).__name__
+    if isinstance(exc, sa.exc.ProgrammingError):
+        return cause
+    if isinstance(exc, sa.exc.OperationalError) and any(
+        fault in cause for fault in _SQLITE_SCHEMA_FAULTS
+    ):
+        return cause
+    return None
 
 
 def ping(engine: Engine) -> None:

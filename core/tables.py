@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
@@ -13,6 +13,22 @@ from sqlmodel import Field, SQLModel
 JSONDocument = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
 
 TASK_NAME_MAX = 64
+
+# A task's mode: teacher only, the student answering on the side, or serving a cutover.
+Mode = Literal["off", "shadow", "live"]
+MODES: tuple[Mode, ...] = ("off", "shadow", "live")
+
+# What changed a task's mode or cutover (see ``core.transitions``).
+TransitionCause = Literal["admin", "auto_ramp", "drift", "publish", "rollback"]
+TRANSITION_CAUSES: tuple[TransitionCause, ...] = (
+    "admin",
+    "auto_ramp",
+    "drift",
+    "publish",
+    "rollback",
+)
+
+VersionState = Literal["candidate", "published", "retired", "rejected"]
 
 
 def utcnow() -> datetime:
@@ -31,7 +47,11 @@ class Task(SQLModel, table=True):
     )
     derived: bool = Field(default=False, description="named by hash, not by the client")
     teacher_model: str | None = Field(default=None, sa_type=sa.Text)
-    mode: str = Field(default="off", max_length=16)
+    mode: str = Field(
+        default="off",
+        max_length=16,
+        description="off, shadow or live (a Mode); changed only through core.transitions",
+    )
     cutover_percent: float = Field(default=0.0)
     active_version_id: str | None = Field(default=None, max_length=32)
     target_agreement: float | None = Field(
@@ -75,6 +95,13 @@ class ExchangeBase(SQLModel):
         sa_type=sa.DateTime(timezone=True),
     )
     served_by: str = Field(max_length=16, description="teacher, student or fallback")
+    origin: str = Field(
+        default="client",
+        max_length=16,
+        sa_column_kwargs={"server_default": "client"},
+        description="client (an app's request), audit (stillroom asking the teacher "
+        "again) or import (loaded from a file); only client exchanges are requests",
+    )
     status: str = Field(
         max_length=16, description="ok, error (an error answer) or aborted (cut short)"
     )
@@ -142,7 +169,11 @@ class StudentVersion(SQLModel, table=True):
     retained_agreement: float | None = Field(
         default=None, description="agreement on that retained share"
     )
-    evaluation: dict[str, Any] = Field(default_factory=dict, sa_type=JSONDocument)
+    evaluation: dict[str, Any] = Field(
+        default_factory=dict,
+        sa_type=JSONDocument,
+        description="a core.evaluation.VersionEvaluation as JSON: read it with read_evaluation",
+    )
     created_at: datetime = Field(default_factory=utcnow, sa_type=sa.DateTime(timezone=True))
     published_at: datetime | None = Field(default=None, sa_type=sa.DateTime(timezone=True))
 
@@ -229,5 +260,22 @@ class DriftReport(SQLModel, table=True):
     scored_pairs: int = 0
     drifted: bool = False
     action: str = Field(default="none", max_length=32, description="none, stepped_down")
+    reason: str | None = Field(default=None, sa_type=sa.Text)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=sa.DateTime(timezone=True))
+
+
+class TaskTransition(SQLModel, table=True):
+    """One change of a task's mode or cutover, with what changed it and why."""
+
+    __tablename__ = "task_transitions"
+    __table_args__ = (sa.Index("ix_task_transitions_task_created", "task", "created_at"),)
+
+    id: str = Field(primary_key=True, max_length=32)
+    task: str = Field(max_length=TASK_NAME_MAX)
+    from_mode: str = Field(max_length=16)
+    to_mode: str = Field(max_length=16)
+    from_cutover_percent: float
+    to_cutover_percent: float
+    cause: str = Field(max_length=16, description="admin, auto_ramp, drift, publish or rollback")
     reason: str | None = Field(default=None, sa_type=sa.Text)
     created_at: datetime = Field(default_factory=utcnow, sa_type=sa.DateTime(timezone=True))

@@ -14,11 +14,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from core.agreement import Similarity
 from core.classifier import Head
 from core.embedding import Encoder
+from core.evaluation import TrainingProfile, VersionEvaluation
 from distiller.classifier import ClassifierConfig, majority_answer, train_classifier
 from distiller.curation import CuratedSet, Example
 from distiller.evaluation import Evaluation, StudentAnswer, evaluate
@@ -41,16 +41,18 @@ class Candidate:
     latencies: list[float] = field(default_factory=list)  # seconds per held-out request
     head: Head | None = None
 
-    def figures(self) -> dict[str, Any]:
-        """Cost figures, kept on the version beside its evaluation."""
+    def version_evaluation(self, profile: TrainingProfile) -> VersionEvaluation:
+        """What the version keeps: its held-out evaluation, its costs (training time, time
+        per request) and what it was trained on."""
         ranked = sorted(self.latencies)
-        return {
+        costs = {
             "training_seconds": round(self.training_seconds, 2),
             "latency_p50_ms": round(1000 * statistics.median(ranked), 2) if ranked else None,
             "latency_p99_ms": round(1000 * ranked[int(0.99 * (len(ranked) - 1))], 2)
             if ranked
             else None,
         }
+        return self.evaluation.summary().model_copy(update={**costs, "profile": profile})
 
 
 @dataclass(frozen=True, slots=True)

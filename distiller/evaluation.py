@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from core.agreement import Shape, Similarity, score
+from core.evaluation import VersionEvaluation
 from distiller.curation import Example
 
 
@@ -42,18 +43,22 @@ class Evaluation:
     def share_at_target(self) -> float:
         return self.calibration.retained_share if self.calibration.threshold is not None else 0.0
 
-    def summary(self) -> dict[str, Any]:
-        """JSON-ready figures (the per-example details are kept out)."""
-        return {
-            "metric": self.metric,
-            "examples": self.examples,
-            "agreement": self.agreement,
-            "base_agreement": self.base_agreement,
-            "mean_score": self.mean_score,
-            "target": self.target,
-            "share_at_target": self.share_at_target,
-            **asdict(self.calibration),
-        }
+    def summary(self) -> VersionEvaluation:
+        """The figures a version keeps: of the per-example details, only which held-out
+        inputs agreed."""
+        return VersionEvaluation(
+            metric=self.metric,
+            examples=self.examples,
+            agreement=self.agreement,
+            base_agreement=self.base_agreement,
+            mean_score=self.mean_score,
+            target=self.target,
+            share_at_target=self.share_at_target,
+            threshold=self.calibration.threshold,
+            retained_share=self.calibration.retained_share,
+            retained_agreement=self.calibration.retained_agreement,
+            heldout=[(d["exchange_id"], d["agrees"]) for d in self.details],
+        )
 
 
 def calibrate(results: Sequence[tuple[float, bool]], target: float) -> Calibration:

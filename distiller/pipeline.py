@@ -23,11 +23,13 @@ from sqlmodel import Session
 from core.agreement import ShapeRules
 from core.classifier import encoder_id
 from core.embedding import Encoder
+from core.evaluation import TrainingProfile
 from core.metrics import Metrics
 from core.profile import training_profile
 from core.settings import Settings
 from core.store import list_exchanges
 from core.tables import Exchange, StudentHead, StudentVersion, Task, TrainingRun
+from core.task_policy import TaskPolicy, effective_policy
 from distiller import registry, tournament
 from distiller.backends import StudentBackend
 from distiller.base_model import resolve_base_model
@@ -91,6 +93,12 @@ class Pipeline:
         with Session(self.engine) as session:
             return list(list_exchanges(session=session, task=task))
 
+    def policy(self, task: str) -> TaskPolicy:
+        """The task's effective policy, read once per run: the version is calibrated for,
+        and gated on, the same target."""
+        with Session(self.engine) as session:
+            return effective_policy(session.get(Task, task), self.settings)
+
     async def run(self, run: TrainingRun) -> StudentVersion | None:
         """Carry out a claimed run; record its outcome on the run row and in the metrics."""
         started = time.monotonic()
@@ -138,16 +146,19 @@ class Pipeline:
         await asyncio.to_thread(self._record_shape, run.task, curated)
         self._check_enough(run.task, curated)
         kinds = self._kinds(run.task, curated)
+        policy = await asyncio.to_thread(self.policy, run.task)
 
         trained = {e.exchange_id for e in curated.train}
-        profile = training_profile(e.request for e in exchanges if e.id in trained)
+        profile = TrainingProfile.model_validate(
+            training_profile(e.request for e in exchanges if e.id in trained)
+        )
         with Session(self.engine) as session:
             first = registry.next_version_number(session=session, task=run.task)
         versions: list[StudentVersion] = []
         failures: dict[str, str] = {}
         for number, kind in enumerate(kinds, start=first):
             try:
-                candidate = await self._train(kind, run, number, curated)
+                candidate = await self._train(kind, run, number, curated, policy)
             except Exception as exc:
                 if len(kinds) == 1:
                     raise
@@ -158,9 +169,9 @@ class Pipeline:
         if not versions:
             raise RuntimeError("; ".join(f"{k}: {why}" for k, why in failures.items()))
         update(phase="publishing")
-        winner = self._tournament(versions, failures)
+        winner = self._tournament(versions, failures, policy)
         update(version_id=winner.id)
-        return await self._gate(winner, curated.heldout[0])
+        return await self._gate(winner, curated.heldout[0], policy)
 
     def _kinds(self, task: str, curated: CuratedSet) -> list[str]:
         kinds = kinds_for(curated.shape, self.settings.student_kinds)
@@ -173,12 +184,12 @@ class Pipeline:
         return kinds
 
     async def _train(
-        self, kind: str, run: TrainingRun, number: int, curated: CuratedSet
+        self, kind: str, run: TrainingRun, number: int, curated: CuratedSet, policy: TaskPolicy
     ) -> Candidate:
         name = f"{run.task}-v{number}"
         folder = self.settings.data_dir / "adapters" / run.task / f"v{number}"
         judging = Judging(
-            target=self.settings.target_agreement,
+            target=policy.target_agreement,
             similarity=self.encoder.similarity,
             text_threshold=self.settings.text_similarity_threshold,
         )
@@ -215,30 +226,19 @@ class Pipeline:
         )
 
     def _tournament(
-        self, versions: list[StudentVersion], failures: dict[str, str]
+        self, versions: list[StudentVersion], failures: dict[str, str], policy: TaskPolicy
     ) -> StudentVersion:
         """The version to put to the gate; the others are rejected with why."""
         winner = tournament.winner(versions)
-        target = self.settings.target_agreement
         for version in versions:
             if version is not winner:
-                reason = tournament.loss_reason(version, winner, target)
+                reason = tournament.loss_reason(version, winner, policy.target_agreement)
                 registry.reject(engine=self.engine, version=version, reason=reason)
         if len(versions) + len(failures) > 1:
-            entrants = [
-                {
-                    "number": v.number,
-                    "kind": v.kind,
-                    "share_at_target": tournament.share_at_target(v),
-                    "agreement": v.agreement,
-                    **{k: v.evaluation.get(k) for k in ("training_seconds", "latency_p50_ms")},
-                }
-                for v in versions
-            ]
             registry.note_tournament(
                 engine=self.engine,
                 versions=versions,
-                figures={"entrants": entrants, "winner": winner.number, "failed": failures},
+                figures=tournament.figures(versions, winner, failures),
             )
         return winner
 
@@ -260,7 +260,7 @@ class Pipeline:
             )
 
     def _register(
-        self, run: TrainingRun, number: int, candidate: Candidate, profile: dict[str, Any]
+        self, run: TrainingRun, number: int, candidate: Candidate, profile: TrainingProfile
     ) -> StudentVersion:
         evaluation = candidate.evaluation
         calibration = evaluation.calibration
@@ -279,13 +279,7 @@ class Pipeline:
             confidence_threshold=calibration.threshold,
             retained_share=calibration.retained_share,
             retained_agreement=calibration.retained_agreement,
-            evaluation={
-                **evaluation.summary(),
-                **candidate.figures(),
-                "profile": profile,
-                # Which held-out inputs the student got right: the difficulty gate's seed.
-                "heldout": [[d["exchange_id"], d["agrees"]] for d in evaluation.details],
-            },
+            evaluation=candidate.version_evaluation(profile).document(),
         )
         with Session(self.engine) as session, session.begin():
             session.add(version)
@@ -295,16 +289,14 @@ class Pipeline:
             session.expunge(version)
         return version
 
-    async def _gate(self, version: StudentVersion, probe: Example) -> StudentVersion:
-        gate = registry.Gate(
-            target_agreement=self.settings.target_agreement,
-            min_share=self.settings.publish_min_share,
-        )
+    async def _gate(
+        self, version: StudentVersion, probe: Example, policy: TaskPolicy
+    ) -> StudentVersion:
         with Session(self.engine) as session:
             live = registry.active_version(session=session, task=version.task)
             if live is not None:
                 session.expunge(live)
-        reason = registry.gate_verdict(version, live, gate)
+        reason = registry.gate_verdict(version, live, policy)
         if reason is not None:
             return registry.reject(engine=self.engine, version=version, reason=reason)
         published = await registry.publish(

@@ -5,7 +5,8 @@ the teacher at the task's target on a large enough share of held-out traffic, an
 share is no smaller than the live version's. Publishing loads a LoRA adapter into the
 student backend and checks it answers a held-out prompt (a classifier's head is in the
 store, where every proxy loads it from: it is checked to load), then switches the task's
-active version in one transaction. The previous version stays loadable for rollback. An
+active version in one transaction (an auto-ramp task goes back to shadow, through
+``core.transitions``). The previous version stays loadable for rollback. An
 operator may publish any version of a task, the gate and the tournament aside.
 """
 
@@ -13,7 +14,6 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -23,7 +23,18 @@ from sqlmodel import Session, col, select
 
 from core.classifier import Head
 from core.errors import InvalidRequestError, NotFoundError
-from core.tables import Exchange, StudentHead, StudentVersion, Task, TrainingRun
+from core.evaluation import TournamentFigures, read_evaluation
+from core.tables import (
+    Exchange,
+    StudentHead,
+    StudentVersion,
+    Task,
+    TrainingRun,
+    TransitionCause,
+    VersionState,
+)
+from core.task_policy import TaskPolicy
+from core.transitions import change_mode, lock_task
 from distiller.backends import StudentBackend, StudentBackendError
 
 
@@ -33,12 +44,6 @@ def new_id() -> str:
 
 def now() -> datetime:
     return datetime.now(UTC)
-
-
-@dataclass(frozen=True, slots=True)
-class Gate:
-    target_agreement: float = 0.95
-    min_share: float = 0.2
 
 
 def list_versions(*, session: Session, task: str) -> Sequence[StudentVersion]:
@@ -63,18 +68,22 @@ def next_version_number(*, session: Session, task: str) -> int:
     return int(highest or 0) + 1
 
 
-def gate_verdict(candidate: StudentVersion, live: StudentVersion | None, gate: Gate) -> str | None:
-    """None when the candidate may be published, else why not."""
+def gate_verdict(
+    candidate: StudentVersion, live: StudentVersion | None, policy: TaskPolicy
+) -> str | None:
+    """None when the candidate (calibrated at the task's target) may be published under
+    the task's ``policy``, else why not."""
     share = candidate.retained_share or 0.0
+    target = policy.target_agreement
     if candidate.confidence_threshold is None or share <= 0:
         return (
-            f"no confidence threshold reaches {gate.target_agreement:.0%} agreement "
+            f"no confidence threshold reaches {target:.0%} agreement "
             f"(held-out agreement {candidate.agreement or 0:.1%})"
         )
-    if share < gate.min_share:
+    if share < policy.publish_min_share:
         return (
-            f"only {share:.0%} of held-out traffic reaches {gate.target_agreement:.0%} "
-            f"agreement; at least {gate.min_share:.0%} is needed"
+            f"only {share:.0%} of held-out traffic reaches {target:.0%} "
+            f"agreement; at least {policy.publish_min_share:.0%} is needed"
         )
     live_share = (live.retained_share or 0.0) if live is not None else 0.0
     if live is not None and share < live_share:
@@ -104,11 +113,12 @@ async def publish(
         return _set_state(engine, version.id, "rejected", f"failed to load or answer: {exc}")
     with Session(engine) as session, session.begin():
         row = session.get(StudentVersion, version.id)
-        task = session.get(Task, version.task)
+        task = lock_task(session=session, name=version.task)
         assert row is not None
         if task is None:
             task = Task(name=version.task)
             session.add(task)
+        previous = None
         if task.active_version_id and task.active_version_id != row.id:
             previous = session.get(StudentVersion, task.active_version_id)
             if previous is not None:
@@ -117,18 +127,29 @@ async def publish(
         row.reason = None
         row.published_at = now()
         task.active_version_id = row.id
-        if task.auto_ramp:
-            # A new version earns its traffic again from shadow.
-            task.mode = "shadow"
-            task.cutover_percent = 0.0
-            task.stage_started_at = row.published_at
+        replaced = f" in place of v{previous.number}" if previous is not None else ""
+        _restart_ramp(session, task, "publish", f"v{row.number} published{replaced}")
         session.flush()
         session.expunge(row)
     return row
 
 
+def _restart_ramp(session: Session, task: Task, cause: TransitionCause, what: str) -> None:
+    """An auto-ramp task's newly active version earns its traffic again from shadow."""
+    if task.auto_ramp:
+        change_mode(
+            session=session,
+            task=task,
+            cause=cause,
+            reason=f"{what}; auto-ramp starts it again from shadow",
+            mode="shadow",
+            cutover_percent=0.0,
+        )
+
+
 async def rollback(*, engine: Engine, backend: StudentBackend, task: str) -> StudentVersion:
-    """Re-activate the version published before the live one."""
+    """Re-activate the version published before the live one (an auto-ramp task shadows
+    it again, as it would a new version)."""
     with Session(engine) as session:
         live = active_version(session=session, task=task)
         if live is None:
@@ -155,7 +176,7 @@ async def rollback(*, engine: Engine, backend: StudentBackend, task: str) -> Stu
             f"cannot roll back to v{earlier.number}: the student server refused its adapter: {exc}"
         ) from exc
     with Session(engine) as session, session.begin():
-        row = session.get(Task, task)
+        row = lock_task(session=session, name=task)
         current = session.get(StudentVersion, live.id)
         previous = session.get(StudentVersion, earlier.id)
         assert row is not None
@@ -166,6 +187,8 @@ async def rollback(*, engine: Engine, backend: StudentBackend, task: str) -> Stu
         previous.state = "published"
         previous.reason = None
         row.active_version_id = previous.id
+        what = f"rolled back from v{current.number} to v{previous.number}"
+        _restart_ramp(session, row, "rollback", what)
         session.flush()
         session.expunge(previous)
     return previous
@@ -213,7 +236,9 @@ async def sync_adapters(*, engine: Engine, backend: StudentBackend) -> list[str]
     return loaded
 
 
-def _set_state(engine: Engine, version_id: str, state: str, reason: str | None) -> StudentVersion:
+def _set_state(
+    engine: Engine, version_id: str, state: VersionState, reason: str | None
+) -> StudentVersion:
     with Session(engine) as session, session.begin():
         row = session.get(StudentVersion, version_id)
         assert row is not None
@@ -229,14 +254,15 @@ def reject(*, engine: Engine, version: StudentVersion, reason: str) -> StudentVe
 
 
 def note_tournament(
-    *, engine: Engine, versions: Sequence[StudentVersion], figures: dict[str, Any]
+    *, engine: Engine, versions: Sequence[StudentVersion], figures: TournamentFigures
 ) -> None:
     """Keep the tournament's figures in the evaluation of every version that took part."""
     with Session(engine) as session, session.begin():
         for version in versions:
             row = session.get(StudentVersion, version.id)
             if row is not None:
-                row.evaluation = {**row.evaluation, "tournament": figures}
+                evaluation = read_evaluation(row).model_copy(update={"tournament": figures})
+                row.evaluation = evaluation.document()
 
 
 def find_version(*, session: Session, task: str, version: str) -> StudentVersion:
@@ -276,7 +302,7 @@ async def publish_chosen(
 
 def _probe_messages(session: Session, version: StudentVersion) -> list[dict[str, Any]]:
     """A held-out prompt of the version's evaluation, to health-check it with."""
-    for exchange_id, _agrees in version.evaluation.get("heldout") or []:
+    for exchange_id, _agrees in read_evaluation(version).heldout:
         exchange = session.get(Exchange, exchange_id)
         if exchange is not None and exchange.request.get("messages"):
             return list(exchange.request["messages"])

@@ -14,7 +14,6 @@ the HTTP status as ``code`` (an integer, where OpenAI sends a string or null).
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator
@@ -29,8 +28,26 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
 
-from core.wire import ChatCompletionRequest, message_text
+from core.wire import (
+    SSE_DONE,
+    AssistantMessage,
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    Choice,
+    ChoiceLogprobs,
+    ChunkChoice,
+    Delta,
+    ErrorBody,
+    FinishReason,
+    TokenLogprob,
+    Usage,
+    message_text,
+    new_completion_id,
+    sse,
+)
 from distiller.decoding import Generation, StreamEvent
+from distiller.decoding import TokenLogprob as GeneratedToken
 from distiller.inference import (
     AdapterExistsError,
     AdapterLoadError,
@@ -51,9 +68,8 @@ class StudentServerError(Exception):
         self.status = status
         self.error_type = error_type
 
-    def body(self) -> dict[str, Any]:
-        error = {"message": self.message, "type": self.error_type, "param": None}
-        return {"error": {**error, "code": self.status.value}}
+    def body(self) -> ErrorBody:
+        return ErrorBody.of(self.message, error_type=self.error_type, code=self.status.value)
 
 
 def _bad_request(message: str, error_type: str = "BadRequestError") -> StudentServerError:
@@ -225,7 +241,7 @@ def _answer(body: StudentChatRequest, serving: _Serving) -> _Answer:
         seed=body.seed,
     )
     return _Answer(
-        id=f"chatcmpl-{uuid.uuid4().hex}",
+        id=new_completion_id(),
         created=int(time.time()),
         model=body.model,
         messages=[{"role": m.role, "content": message_text(m)} for m in body.messages],
@@ -242,7 +258,7 @@ async def chat_completions(
     try:
         if not body.stream:
             generation = await serving.model.agenerate(answer.messages, **answer.options)
-            return JSONResponse(_completion(answer, generation))
+            return JSONResponse(_completion(answer, generation).model_dump(mode="json"))
         events = serving.model.astream(answer.messages, **answer.options)
         first = await anext(events)
     except AdapterNotFoundError:  # unloaded while the request waited for the model
@@ -255,59 +271,52 @@ async def chat_completions(
     )
 
 
-def _usage(generation: Generation) -> dict[str, Any]:
-    return {
-        "prompt_tokens": generation.prompt_tokens,
-        "completion_tokens": generation.completion_tokens,
-        "total_tokens": generation.prompt_tokens + generation.completion_tokens,
-    }
+def _usage(generation: Generation) -> Usage:
+    return Usage.of(generation.prompt_tokens, generation.completion_tokens)
 
 
-def _completion(answer: _Answer, generation: Generation) -> dict[str, Any]:
-    logprobs = {"content": generation.tokens, "refusal": None} if answer.logprobs else None
-    return {
-        "id": answer.id,
-        "object": "chat.completion",
-        "created": answer.created,
-        "model": answer.model,
-        "choices": [
-            {
-                "index": 0,
-                "message": {
-                    "role": "assistant",
-                    "content": generation.text,
-                    "refusal": None,
-                    "tool_calls": [],
-                },
-                "logprobs": logprobs,
-                "finish_reason": generation.finish_reason,
-                "stop_reason": None,
-            }
-        ],
-        "usage": _usage(generation),
-        "system_fingerprint": None,
-    }
+def _logprobs(answer: _Answer, tokens: list[GeneratedToken]) -> ChoiceLogprobs | None:
+    if not answer.logprobs:
+        return None
+    return ChoiceLogprobs(content=[TokenLogprob.model_validate(token) for token in tokens])
 
 
-def _chunk(answer: _Answer, choices: list[dict[str, Any]], **extra: Any) -> bytes:
-    chunk = {
-        "id": answer.id,
-        "object": "chat.completion.chunk",
-        "created": answer.created,
-        "model": answer.model,
-        "choices": choices,
-        **extra,
-    }
-    return b"data: " + json.dumps(chunk).encode() + b"\n\n"
+def _completion(answer: _Answer, generation: Generation) -> ChatCompletion:
+    # vLLM's extras: an empty tool_calls list, stop_reason and system_fingerprint as null.
+    choice = Choice(
+        index=0,
+        message=AssistantMessage(content=generation.text, tool_calls=[]),
+        logprobs=_logprobs(answer, generation.tokens),
+        finish_reason=generation.finish_reason,
+        stop_reason=None,
+    )
+    return ChatCompletion(
+        id=answer.id,
+        created=answer.created,
+        model=answer.model,
+        choices=[choice],
+        usage=_usage(generation),
+        system_fingerprint=None,
+    )
+
+
+def _chunk(answer: _Answer, choices: list[ChunkChoice], usage: Usage | None = None) -> bytes:
+    chunk = ChatCompletionChunk(
+        id=answer.id, created=answer.created, model=answer.model, choices=choices
+    )
+    if usage is not None:
+        chunk.usage = usage
+    return sse(chunk)
 
 
 def _delta(
-    delta: dict[str, Any], logprobs: Any = None, finish_reason: str | None = None
-) -> list[dict[str, Any]]:
-    choice = {"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}
-    if finish_reason is not None:
-        choice["stop_reason"] = None
-    return [choice]
+    delta: Delta, logprobs: ChoiceLogprobs | None = None, finish_reason: FinishReason | None = None
+) -> list[ChunkChoice]:
+    # As vLLM: the finishing chunk says stop_reason (null: no stop string or token id).
+    extra: dict[str, Any] = {"stop_reason": None} if finish_reason is not None else {}
+    return [
+        ChunkChoice(index=0, delta=delta, logprobs=logprobs, finish_reason=finish_reason, **extra)
+    ]
 
 
 async def _sse(
@@ -319,21 +328,20 @@ async def _sse(
     """The answer as vLLM streams it: a role chunk, content chunks, a finishing chunk,
     the usage chunk when asked for, then ``[DONE]``."""
     try:
-        yield _chunk(answer, _delta({"role": "assistant", "content": ""}))
+        yield _chunk(answer, _delta(Delta(role="assistant", content="")))
         event = first
         while not isinstance(event, Generation):
-            logprobs = {"content": event.tokens, "refusal": None} if answer.logprobs else None
-            yield _chunk(answer, _delta({"content": event.text}, logprobs))
+            logprobs = _logprobs(answer, event.tokens)
+            yield _chunk(answer, _delta(Delta(content=event.text), logprobs))
             event = await anext(events)
-        yield _chunk(answer, _delta({}, finish_reason=event.finish_reason))
+        yield _chunk(answer, _delta(Delta(), finish_reason=event.finish_reason))
         if include_usage:
             yield _chunk(answer, [], usage=_usage(event))
     except (AdapterNotFoundError, PromptError) as exc:
-        error = _bad_request(str(exc))
-        yield b"data: " + json.dumps(error.body()).encode() + b"\n\n"
+        yield sse(_bad_request(str(exc)).body())
     finally:
         await events.aclose()  # stops the model when the client went away
-    yield b"data: [DONE]\n\n"
+    yield SSE_DONE
 
 
 async def _error(_request: Request, exc: Exception) -> JSONResponse:
@@ -344,7 +352,7 @@ async def _error(_request: Request, exc: Exception) -> JSONResponse:
         status = HTTPStatus(exc.status_code)
         exc = StudentServerError(str(exc.detail), status=status, error_type=status.phrase)
     assert isinstance(exc, StudentServerError)
-    return JSONResponse(exc.body(), status_code=exc.status)
+    return JSONResponse(exc.body().model_dump(), status_code=exc.status)
 
 
 def create_student_app(

@@ -9,8 +9,9 @@ can see the choice and publish one of them instead.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
+from core.evaluation import TournamentEntrant, TournamentFigures, read_evaluation
 from core.tables import StudentVersion
 
 # Cheapest to serve first: a classifier answers inside the proxy in milliseconds.
@@ -44,3 +45,23 @@ def loss_reason(loser: StudentVersion, winner: StudentVersion, target: float) ->
             f"agreement, and {winner.kind} is cheaper to serve"
         )
     return f"{against}: {mine:.0%} vs {theirs:.0%} of held-out traffic at {target:.0%} agreement"
+
+
+def figures(
+    entrants: Sequence[StudentVersion], winner: StudentVersion, failed: Mapping[str, str]
+) -> TournamentFigures:
+    """What the tournament was decided on, kept on every version that took part."""
+    rows = []
+    for version in entrants:
+        evaluation = read_evaluation(version)
+        rows.append(
+            TournamentEntrant(
+                number=version.number,
+                kind=version.kind,
+                share_at_target=share_at_target(version),
+                agreement=version.agreement,
+                training_seconds=evaluation.training_seconds,
+                latency_p50_ms=evaluation.latency_p50_ms,
+            )
+        )
+    return TournamentFigures(entrants=rows, winner=winner.number, failed=dict(failed))

@@ -19,8 +19,11 @@ RATE = "$__rate_interval"
 RANGE = "$__range"
 TASK = 'task="$task"'
 
-# Metrics deliberately left without a panel, with the reason. Empty: all have one.
-UNPANELLED: dict[str, str] = {}
+# Metrics deliberately left without a panel, with the reason.
+UNPANELLED: dict[str, str] = {
+    "stillroom_capture_schema_errors": "a fault to fix, not a rate to watch: /readyz fails "
+    "with its cause and the capture log names it; alert on any increase",
+}
 
 
 @dataclass
@@ -165,12 +168,17 @@ def overview() -> list[Row]:
                 ),
                 Panel(
                     "Cost per hour",
-                    "What was served cost, by who served it, and what the teacher would have "
-                    "cost for the student's answers.",
+                    "What was served cost, by who served it; what the teacher calls auditing "
+                    "the student cost; and what the teacher would have cost for the student's "
+                    "answers.",
                     [
                         (
                             f"sum by (served_by) (rate(stillroom_cost_usd_total[{RATE}])) * 3600",
                             "{{served_by}}",
+                        ),
+                        (
+                            f"sum(rate(stillroom_audit_cost_usd_total[{RATE}])) * 3600",
+                            "audits (teacher)",
                         ),
                         (
                             f"sum(rate(stillroom_counterfactual_cost_usd_total[{RATE}])) * 3600",
@@ -651,13 +659,17 @@ def task() -> list[Row]:
             [
                 Panel(
                     "Cost and savings per hour",
-                    "Cost of what was served, the teacher's price of the student's answers, "
-                    "and the difference saved.",
+                    "Cost of what was served and of the teacher calls auditing the student, "
+                    "the teacher's price of the student's answers, and the difference saved.",
                     [
                         (
                             "sum by (served_by) "
                             f"(rate(stillroom_cost_usd_total{{{TASK}}}[{RATE}])) * 3600",
                             "cost {{served_by}}",
+                        ),
+                        (
+                            f"sum(rate(stillroom_audit_cost_usd_total{{{TASK}}}[{RATE}])) * 3600",
+                            "cost of audits (teacher)",
                         ),
                         (
                             "sum(rate(stillroom_counterfactual_cost_usd_total"

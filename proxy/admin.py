@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Iterator
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import orjson
 from fastapi import APIRouter, Depends, Request
@@ -24,11 +24,12 @@ from core.errors import (
     PermissionDeniedError,
 )
 from core.store import list_exchanges, list_tasks, queue_training
-from core.tables import Task
+from core.tables import Mode, Task
+from core.transitions import change_mode, lock_task
 from distiller import registry
 from distiller.curation import CurationConfig, curate
 from proxy.deps import RuntimeDep
-from proxy.reports import task_summary, version_public
+from proxy.reports import task_summary, task_transitions, version_public
 from proxy.runtime import Runtime
 
 _LOOPBACK = {"127.0.0.1", "::1", "localhost"}
@@ -76,7 +77,12 @@ def get_tasks(session: SessionDep, runtime: RuntimeDep) -> dict[str, Any]:
 
 @router.get("/tasks/{task}")
 def get_task(task: str, session: SessionDep, runtime: RuntimeDep) -> dict[str, Any]:
-    return task_summary(session, _task(session, task), runtime.settings)
+    """The task's summary, and its latest changes of mode and cutover (newest first)."""
+    row = _task(session, task)
+    return {
+        **task_summary(session, row, runtime.settings),
+        "transitions": task_transitions(session, row.name),
+    }
 
 
 class TaskUpdate(BaseModel):
@@ -84,30 +90,41 @@ class TaskUpdate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    mode: Literal["off", "shadow", "live"] | None = None
+    mode: Mode | None = None
     cutover_percent: float | None = Field(default=None, ge=0, le=100)
     shadow_percent: float | None = Field(default=None, ge=0, le=100)
     audit_percent: float | None = Field(default=None, ge=0, le=100)
     confidence_threshold: float | None = Field(default=None, le=0)
     target_agreement: float | None = Field(default=None, gt=0, le=1)
     auto_ramp: bool | None = None
+    reason: str | None = Field(
+        default=None, max_length=500, description="why mode or cutover changes, kept with it"
+    )
 
 
 @router.patch("/tasks/{task}")
 def patch_task(task: str, update: TaskUpdate, runtime: RuntimeDep) -> dict[str, Any]:
     """Change a task's mode, cutover and thresholds, all or nothing."""
-    changes = update.model_dump(exclude_unset=True)
+    changes = update.model_dump(exclude_unset=True, exclude={"mode", "cutover_percent", "reason"})
     with Session(runtime.engine) as session, session.begin():
-        row = _task(session, task)
-        if changes.get("mode") in ("shadow", "live") and row.active_version_id is None:
+        row = lock_task(session=session, name=task)
+        if row is None:
+            raise NotFoundError(f"unknown task {task!r}", param="task")
+        if update.mode in ("shadow", "live") and row.active_version_id is None:
             raise InvalidRequestError(
                 f"task {task!r} has no published student version; train one first",
                 param="mode",
             )
         for name, value in changes.items():
             setattr(row, name, value)
-        if {"mode", "cutover_percent"} & changes.keys():
-            row.stage_started_at = registry.now()
+        change_mode(
+            session=session,
+            task=row,
+            cause="admin",
+            reason=update.reason or "set through the admin API",
+            mode=update.mode,
+            cutover_percent=update.cutover_percent,
+        )
         session.flush()
         return task_summary(session, row, runtime.settings)
 

@@ -6,6 +6,11 @@ full) they are appended to a spill file in the data folder, and replayed once th
 answers again; spill files left by a crashed process are replayed on the next start.
 Writes are idempotent (exchange ids are unique), so a replay never duplicates a row. Rows
 the store refuses as data are kept in a ``rejected`` file, counted, and not retried.
+
+A store whose schema does not fit this build (a missing table or column: it was not
+migrated, or a newer stillroom changed it) is not an outage: the writer logs the cause
+once, counts each failed write, keeps spilling and retrying, and says so in
+:attr:`CaptureWriter.schema_fault`, which makes ``/readyz`` fail with that reason.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from core.metrics import Metrics
-from core.store import create_tables, insert_exchanges
+from core.store import create_tables, insert_exchanges, schema_fault
 from core.tables import ExchangeCreate
 
 log = logging.getLogger("stillroom.capture")
@@ -54,12 +59,18 @@ class CaptureWriter:
         self._rejected_path = spill_dir / "rejected.jsonl"
         self._retry_at = 0.0  # monotonic time before which the store is presumed down
         self._schema_ready = False
+        self._schema_fault: str | None = None  # why the store's schema refused the last write
         self._task: asyncio.Task[None] | None = None
         self._batch: list[ExchangeCreate] = []  # taken from the queue, not yet written
 
     @property
     def store_up(self) -> bool:
         return time.monotonic() >= self._retry_at
+
+    @property
+    def schema_fault(self) -> str | None:
+        """Why the store's schema refused the latest write, until a write succeeds."""
+        return self._schema_fault
 
     def submit(self, exchange: ExchangeCreate) -> None:
         """Queue an exchange for the store. Never blocks; spills when the queue is full."""
@@ -148,11 +159,34 @@ class CaptureWriter:
             return
         try:
             self._write(batch)
-        except sa.exc.OperationalError as exc:
-            log.warning("store unreachable, spilling %d exchanges: %s", len(batch), exc.orig)
-            self._retry_at = time.monotonic() + self.retry_seconds
-            self.metrics.store_up.set(0)
+        except Exception as exc:
+            if not self._store_failed(exc, len(batch)):
+                raise
             self._spill(batch)
+
+    def _store_failed(self, exc: Exception, count: int, *, replay: bool = False) -> bool:
+        """Take note of a write the store failed, on its schema or by being unreachable,
+        and wait ``retry_seconds`` before the next; False for any other error."""
+        fault = schema_fault(exc)
+        if fault is not None:
+            self.metrics.capture_schema_errors.inc()
+            if fault != self._schema_fault:
+                log.error(
+                    "the store's schema does not fit this build of stillroom; exchanges are "
+                    "spilled to %s until it does (`stillroom db current` tells more): %s",
+                    self.spill_dir,
+                    fault,
+                )
+            self._schema_fault = fault
+            self._schema_ready = False  # check (and migrate) the schema again on the retry
+        elif isinstance(exc, sa.exc.OperationalError):
+            if not replay:
+                log.warning("store unreachable, spilling %d exchanges: %s", count, exc.orig)
+            self.metrics.store_up.set(0)
+        else:
+            return False
+        self._retry_at = time.monotonic() + self.retry_seconds
+        return True
 
     def _write(self, batch: Sequence[ExchangeCreate]) -> None:
         """Insert a batch; if the store refuses it as data, find and set aside the rows
@@ -162,9 +196,9 @@ class CaptureWriter:
             self._schema_ready = True
         try:
             insert_exchanges(engine=self.engine, exchanges=batch)
-        except sa.exc.OperationalError:
-            raise
-        except sa.exc.DBAPIError:
+        except sa.exc.DBAPIError as exc:
+            if isinstance(exc, sa.exc.OperationalError) or schema_fault(exc) is not None:
+                raise  # the store's fault, not the rows'
             if len(batch) == 1:
                 self._reject(batch[0])
                 return
@@ -173,6 +207,9 @@ class CaptureWriter:
             return
         self.metrics.capture_written.inc(len(batch))
         self.metrics.store_up.set(1)
+        if self._schema_fault is not None:
+            log.info("the store's schema fits again; writing exchanges")
+            self._schema_fault = None
 
     def _reject(self, exchange: ExchangeCreate) -> None:
         log.error("store refused exchange %s; kept in %s", exchange.id, self._rejected_path)
@@ -208,11 +245,12 @@ class CaptureWriter:
                 path = claimed
             exchanges = self._read_spill(path)
             for start in range(0, len(exchanges), self.batch_size):
+                batch = exchanges[start : start + self.batch_size]
                 try:
-                    self._write(exchanges[start : start + self.batch_size])
-                except sa.exc.OperationalError:
-                    self._retry_at = time.monotonic() + self.retry_seconds
-                    self.metrics.store_up.set(0)
+                    self._write(batch)
+                except Exception as exc:
+                    if not self._store_failed(exc, len(batch), replay=True):
+                        raise
                     return
             path.unlink()
             log.info("replayed %d spilled exchanges from %s", len(exchanges), path.name)

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
+import sqlalchemy as sa
 import typer
 from pydantic import ValidationError
+from sqlalchemy.engine import Engine
 
-from core.errors import ConfigurationError
+from core.errors import ConfigurationError, StoreSchemaError
+from core.migrations import BASELINE, SchemaStatus
 from core.settings import Settings, load_settings, settings_reference
+from core.store import create_store_engine, create_tables, schema_status
 from proxy import cli_admin
 
 # proxy.processes (the servers) is imported by the commands that run one: it brings torch,
@@ -34,15 +40,19 @@ ConfigOption = Annotated[
 
 
 def _settings(config: Path | None, **overrides: object) -> Settings:
-    try:
-        settings = load_settings(config, **overrides)
-    except (ConfigurationError, ValidationError, ValueError) as exc:
-        typer.secho(f"stillroom: invalid configuration: {exc}", fg="red", err=True)
-        raise typer.Exit(2) from exc
+    settings = _load_settings(config, **overrides)
     from proxy import processes
 
     processes.configure_logging(settings)
     return settings
+
+
+def _load_settings(config: Path | None, **overrides: object) -> Settings:
+    try:
+        return load_settings(config, **overrides)
+    except (ConfigurationError, ValidationError, ValueError) as exc:
+        typer.secho(f"stillroom: invalid configuration: {exc}", fg="red", err=True)
+        raise typer.Exit(2) from exc
 
 
 @app.command()
@@ -133,6 +143,84 @@ def demo(
         minutes=minutes,
     )
     run_demo(options)
+
+
+db = typer.Typer(
+    help="The store's schema: where it stands, and upgrading it (stillroom also upgrades "
+    "it at start).",
+    no_args_is_help=True,
+)
+app.add_typer(db, name="db")
+
+
+@db.command("current")
+def db_current(config: ConfigOption = None) -> None:
+    """Print the store's schema revision and this build's, and whether an upgrade is pending."""
+    with _store(config) as engine:
+        status = schema_status(engine)
+    typer.echo(f"store:   {_describe(status)}")
+    typer.echo(f"head:    {status.head}")
+    if not status.known:
+        typer.secho(
+            "stillroom: this build is older than the store; upgrade stillroom", fg="red", err=True
+        )
+        raise typer.Exit(1)
+    if status.pending:
+        typer.echo(f"pending: {', '.join(status.pending)} (`stillroom db upgrade` applies them)")
+    else:
+        typer.echo("up to date")
+
+
+@db.command("upgrade")
+def db_upgrade(config: ConfigOption = None) -> None:
+    """Bring the store to this build's schema, keeping every row.
+
+    stillroom also does this at start. Back up a Postgres store first: an upgrade is one
+    transaction, but only a backup takes the store back to the release before.
+    """
+    with _store(config) as engine:
+        before = schema_status(engine)
+        try:
+            create_tables(engine)
+        except StoreSchemaError as exc:
+            typer.secho(f"stillroom: {exc}", fg="red", err=True)
+            raise typer.Exit(1) from exc
+    if before.pending:
+        typer.echo(
+            f"upgraded the store from {before.current or 'no revision'} to {before.head} "
+            f"(applied {', '.join(before.pending)})"
+        )
+    else:
+        typer.echo(f"the store is already at {before.head}")
+
+
+@contextmanager
+def _store(config: Path | None) -> Iterator[Engine]:
+    """The engine of the configured store; exits with a message when it cannot be reached."""
+    settings = _load_settings(config)
+    try:
+        engine = create_store_engine(settings.database_url)
+    except ConfigurationError as exc:
+        typer.secho(f"stillroom: invalid configuration: {exc}", fg="red", err=True)
+        raise typer.Exit(2) from exc
+    typer.echo(f"url:     {engine.url.render_as_string(hide_password=True)}")
+    try:
+        yield engine
+    except sa.exc.OperationalError as exc:
+        typer.secho(f"stillroom: cannot reach the store: {exc.orig}", fg="red", err=True)
+        raise typer.Exit(1) from exc
+    finally:
+        engine.dispose()
+
+
+def _describe(status: SchemaStatus) -> str:
+    if status.current is None:
+        if status.has_tables:
+            return f"no revision: tables of a release before migrations (taken as {BASELINE})"
+        return "empty: no tables yet"
+    if not status.known:
+        return f"{status.current} (newer than this build)"
+    return status.current
 
 
 def main() -> None:

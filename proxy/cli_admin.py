@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -13,6 +14,8 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
+
+from core.evaluation import VersionEvaluation
 
 UrlOption = Annotated[
     str,
@@ -70,6 +73,7 @@ def tasks(url: UrlOption = DEFAULT_URL, token: TokenOption = None) -> None:
         "audit",
         "cost",
         "saved",
+        "last change",
     )
     for task in data:
         version = task["active_version"]
@@ -88,8 +92,28 @@ def tasks(url: UrlOption = DEFAULT_URL, token: TokenOption = None) -> None:
             _percent((live.get("audit") or {}).get("agreement")),
             f"${task['cost_usd']:.4f}",
             f"${task['savings_usd']:.4f}",
+            _last_change(task.get("last_transition")),
         )
     console.print(table)
+
+
+def _last_change(transition: dict[str, Any] | None) -> str:
+    """Who last changed the task's mode or cutover, and how long ago."""
+    if not transition:
+        return "-"
+    at = datetime.fromisoformat(transition["created_at"])
+    at = at if at.tzinfo is not None else at.replace(tzinfo=UTC)
+    return f"{transition['cause']}, {_ago((datetime.now(UTC) - at).total_seconds())}"
+
+
+def _ago(seconds: float) -> str:
+    if seconds < 90:
+        return f"{max(seconds, 0):.0f} s ago"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min ago"
+    if seconds < 36 * 3600:
+        return f"{seconds / 3600:.0f} h ago"
+    return f"{seconds / 86400:.0f} d ago"
 
 
 def _shape(task: dict[str, Any]) -> str:
@@ -139,7 +163,7 @@ def versions(task: str, url: UrlOption = DEFAULT_URL, token: TokenOption = None)
         "why",
     )
     for v in data:
-        evaluation = v.get("evaluation") or {}
+        evaluation = VersionEvaluation.model_validate(v.get("evaluation") or {})
         table.add_row(
             f"v{v['number']}",
             v["kind"],
@@ -150,8 +174,8 @@ def versions(task: str, url: UrlOption = DEFAULT_URL, token: TokenOption = None)
             _threshold(v),
             _percent(v["retained_share"]),
             _percent(v["retained_agreement"]),
-            _seconds(evaluation.get("training_seconds")),
-            _milliseconds(evaluation.get("latency_p50_ms")),
+            _seconds(evaluation.training_seconds),
+            _milliseconds(evaluation.latency_p50_ms),
             v["reason"] or "",
         )
     console.print(table)
@@ -252,6 +276,9 @@ def rollout(
     percent: Annotated[
         float | None, typer.Option(help="Share of the task's traffic the student serves.")
     ] = None,
+    reason: Annotated[
+        str | None, typer.Option(help="Why, kept with the change in the task's history.")
+    ] = None,
     url: UrlOption = DEFAULT_URL,
     token: TokenOption = None,
 ) -> None:
@@ -263,6 +290,8 @@ def rollout(
         body["cutover_percent"] = percent
     if not body:
         _fail("say --mode and/or --percent")
+    if reason is not None:
+        body["reason"] = reason
     result = AdminClient(url, token).call("PATCH", f"/admin/tasks/{task}", json=body)
     console.print(f"{task}: {result['mode']}, {result['cutover_percent']:g}% on the student")
 

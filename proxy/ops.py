@@ -26,7 +26,8 @@ async def healthz() -> dict[str, str]:
 
 @router.get("/readyz")
 async def readyz(runtime: RuntimeDep) -> JSONResponse:
-    """Ready: the store answers a query and the teacher answers HTTP (any status)."""
+    """Ready: the store answers a query and takes exchanges (its schema fits this build),
+    and the teacher answers HTTP (any status)."""
     store, teacher = await asyncio.gather(_check_store(runtime), _check_teacher(runtime))
     ready = store == "ok" and teacher == "ok"
     return JSONResponse(
@@ -42,6 +43,11 @@ async def _check_store(runtime: RuntimeDep) -> str:
         return "timeout"
     except Exception as exc:
         return f"error: {type(exc).__name__}"
+    # The store answers, yet refuses exchanges: say why (it needs `stillroom db upgrade`,
+    # or a newer stillroom), rather than look ready while every exchange is spilled.
+    fault = runtime.capture.schema_fault if runtime.capture is not None else None
+    if fault is not None:
+        return f"error: schema: {fault}"
     return "ok"
 
 

@@ -1,24 +1,39 @@
-"""Turning a finished request into an exchange for the store and into metrics."""
+"""Turning a finished exchange into a row for the store and into metrics.
+
+Who served an exchange is the routing outcome's to say: :meth:`ExchangeRecorder.record`
+takes it as an argument. Only client exchanges are requests: an audit's teacher call is
+stored (``origin="audit"``) and its cost counted as audit spend, and it appears in none of
+the request metrics (count, latency, overhead, tokens, cost of what was served, savings).
+"""
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 from core.metrics import Metrics
 from core.settings import Settings
 from core.tables import ExchangeCreate
 from core.tasks import TaskRef
 from proxy.capture import CaptureWriter
+from router.reasons import ServedBy
+
+# Status nginx uses for "client closed request"; nobody is left to read it.
+CLIENT_CLOSED = 499
+
+Status = Literal["ok", "error", "aborted"]
+Origin = Literal["client", "audit"]  # the exchanges the proxy makes (``import`` it does not)
 
 
 @dataclass(slots=True)
 class ExchangeRecorder:
-    """Collects what one chat completion request did, then records it once."""
+    """Collects what one call to the teacher or the student did, then records it once."""
 
     settings: Settings
     metrics: Metrics
@@ -26,55 +41,108 @@ class ExchangeRecorder:
     task: TaskRef
     payload: dict[str, Any]
     stream: bool
+    origin: Origin = "client"
     started: float = field(default_factory=time.perf_counter)
     created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
-    upstream_seconds: float = 0.0
     recorded: bool = False
-    served_by: str = "teacher"  # fallback when the student was tried first
-    student_version: str | None = None
     id: str = field(default_factory=lambda: uuid.uuid4().hex)  # the exchange's, once stored
-    # Called with a complete answer (status ok), e.g. to schedule shadow scoring.
-    on_answer: Callable[[dict[str, Any]], None] | None = None
 
     def record(
         self,
         *,
-        status: str,
+        served_by: ServedBy,
+        status: Status,
         http_status: int,
         response: dict[str, Any] | None,
+        upstream_seconds: float = 0.0,
         first_chunk_seconds: float | None = None,
     ) -> None:
-        """Count the request in the metrics and queue its exchange for the store.
+        """Count the exchange in the metrics and queue it for the store (once: later calls
+        do nothing).
 
         ``status`` is ``ok`` (a complete answer), ``error`` (an error answer) or
         ``aborted`` (cut short by the client or the teacher: never a training pair).
+        ``upstream_seconds``: time spent waiting on the teacher or the student, which is
+        not the proxy's overhead.
         """
         if self.recorded:
             return
         self.recorded = True
-        served_by = self.served_by
         latency = time.perf_counter() - self.started
         model = str(self.payload.get("model", ""))
         usage = (response or {}).get("usage") or {}
-        prompt_tokens = usage.get("prompt_tokens")
-        completion_tokens = usage.get("completion_tokens")
         cost = self._cost(model, usage, served_by)
-        stream_label = "true" if self.stream else "false"
-        task = self.task.name
+        if self.origin == "client":
+            self._count_request(served_by, status, model, usage, cost, latency)
+            if status == "ok":
+                self.metrics.overhead_seconds.labels(stream=self._stream_label).observe(
+                    max(0.0, (first_chunk_seconds or latency) - upstream_seconds)
+                )
+        elif cost is not None:
+            self.metrics.audit_cost_usd.labels(task=self.task.name).inc(cost)
+        if self.capture is None:
+            return
+        choices = (response or {}).get("choices") or []
+        self.capture.submit(
+            ExchangeCreate.model_construct(
+                id=self.id,
+                task=self.task.name,
+                task_derived=self.task.derived,
+                created_at=self.created_at,
+                served_by=served_by,
+                origin=self.origin,
+                status=status,
+                http_status=http_status,
+                model=model or None,
+                stream=self.stream,
+                request=self.payload,
+                response=response,
+                finish_reason=choices[0].get("finish_reason") if choices else None,
+                prompt_tokens=usage.get("prompt_tokens"),
+                completion_tokens=usage.get("completion_tokens"),
+                cost_usd=cost,
+                latency_ms=latency * 1000,
+                first_chunk_ms=first_chunk_seconds * 1000
+                if first_chunk_seconds is not None
+                else None,
+            )
+        )
 
-        metrics = self.metrics
+    @contextmanager
+    def aborted_if_cancelled(self, served_by: ServedBy) -> Iterator[None]:
+        """Record the exchange as aborted (nobody is left to read an answer) if what runs
+        inside is cancelled: the client went away while ``served_by`` was answering."""
+        try:
+            yield
+        except asyncio.CancelledError:
+            self.record(
+                served_by=served_by, status="aborted", http_status=CLIENT_CLOSED, response=None
+            )
+            raise
+
+    @property
+    def _stream_label(self) -> str:
+        return "true" if self.stream else "false"
+
+    def _count_request(
+        self,
+        served_by: ServedBy,
+        status: Status,
+        model: str,
+        usage: dict[str, Any],
+        cost: float | None,
+        latency: float,
+    ) -> None:
+        metrics, task = self.metrics, self.task.name
         metrics.requests.labels(task=task, served_by=served_by, status=status).inc()
-        metrics.request_seconds.labels(served_by=served_by, stream=stream_label).observe(latency)
-        if status == "ok":
-            metrics.overhead_seconds.labels(stream=stream_label).observe(
-                max(0.0, (first_chunk_seconds or latency) - self.upstream_seconds)
-            )
-        if prompt_tokens:
-            metrics.tokens.labels(task=task, served_by=served_by, direction="in").inc(prompt_tokens)
-        if completion_tokens:
-            metrics.tokens.labels(task=task, served_by=served_by, direction="out").inc(
-                completion_tokens
-            )
+        metrics.request_seconds.labels(served_by=served_by, stream=self._stream_label).observe(
+            latency
+        )
+        for direction, key in (("in", "prompt_tokens"), ("out", "completion_tokens")):
+            if usage.get(key):
+                metrics.tokens.labels(task=task, served_by=served_by, direction=direction).inc(
+                    usage[key]
+                )
         if cost is not None:
             metrics.cost_usd.labels(task=task, served_by=served_by).inc(cost)
         elif usage:
@@ -84,54 +152,12 @@ class ExchangeRecorder:
             if counterfactual is not None:
                 metrics.counterfactual_cost_usd.labels(task=task).inc(counterfactual)
                 metrics.savings_usd.labels(task=task).inc(counterfactual - (cost or 0.0))
-        if status == "ok" and response is not None and self.on_answer is not None:
-            self.on_answer(response)
 
-        if self.capture is None:
-            return
-        choices = (response or {}).get("choices") or []
-        finish_reason = choices[0].get("finish_reason") if choices else None
-        self.capture.submit(
-            ExchangeCreate.model_construct(
-                id=self.id,
-                task=task,
-                task_derived=self.task.derived,
-                created_at=self.created_at,
-                served_by=served_by,
-                status=status,
-                http_status=http_status,
-                model=model or None,
-                stream=self.stream,
-                request=self.payload,
-                response=response,
-                finish_reason=finish_reason,
-                prompt_tokens=prompt_tokens,
-                completion_tokens=completion_tokens,
-                cost_usd=cost,
-                latency_ms=latency * 1000,
-                first_chunk_ms=first_chunk_seconds * 1000
-                if first_chunk_seconds is not None
-                else None,
-            )
-        )
-
-    def headers(self) -> list[tuple[bytes, bytes]]:
-        """``X-Stillroom-*`` response headers: who served, the task, the student version."""
-        own = [
-            (b"x-stillroom-served-by", self.served_by.encode()),
-            (b"x-stillroom-task", self.task.name.encode()),
-        ]
-        if self.student_version is not None:
-            own.append((b"x-stillroom-student-version", self.student_version.encode()))
-        return own
-
-    def _cost(self, model: str, usage: dict[str, Any], served_by: str) -> float | None:
+    def _cost(self, model: str, usage: dict[str, Any], served_by: ServedBy) -> float | None:
         if not usage:
             return None
         price = (
-            self.settings.student_price
-            if served_by == "student"
-            else (self.settings.price_of(model))
+            self.settings.student_price if served_by == "student" else self.settings.price_of(model)
         )
         if price is None:
             return None

@@ -18,7 +18,6 @@ import asyncio
 import logging
 import math
 import time
-import uuid
 from collections import OrderedDict
 from typing import Any
 
@@ -30,6 +29,7 @@ from core.classifier import Head, Prediction
 from core.embedding import Encoder
 from core.profile import prompt_chars, prompt_key
 from core.tables import StudentHead
+from core.wire import ChatCompletion, ChoiceLogprobs, TokenLogprob, TopLogprob, Usage
 from router.policy import Policy, StudentRef
 from router.student import PromptEmbedding, StudentDeclined, StudentReply, StudentUnavailable
 
@@ -165,36 +165,18 @@ def completion(prediction: Prediction, payload: dict[str, Any]) -> dict[str, Any
     as a single token covering the whole answer."""
     answer = prediction.answer
     top = int(payload.get("top_logprobs") or 0)
-    entry = {
-        "token": answer,
-        "logprob": prediction.logprob,
-        "bytes": list(answer.encode()),
-        "top_logprobs": [
-            {"token": text, "logprob": _finite(logprob), "bytes": list(text.encode())}
-            for text, logprob in prediction.ranked[:top]
-        ],
-    }
+    alternatives = [
+        TopLogprob.of(text, _finite(logprob)) for text, logprob in prediction.ranked[:top]
+    ]
+    token = TokenLogprob.of(answer, prediction.logprob, alternatives)
     prompt_tokens = math.ceil(prompt_chars(payload) / CHARS_PER_TOKEN)
     completion_tokens = max(1, math.ceil(len(answer) / CHARS_PER_TOKEN))
-    return {
-        "id": f"chatcmpl-{uuid.uuid4().hex}",
-        "object": "chat.completion",
-        "created": int(time.time()),
-        "model": "classifier",
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": answer},
-                "logprobs": {"content": [entry], "refusal": None},
-                "finish_reason": "stop",
-            }
-        ],
-        "usage": {
-            "prompt_tokens": prompt_tokens,
-            "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens,
-        },
-    }
+    return ChatCompletion.from_text(
+        answer,
+        model="classifier",
+        logprobs=ChoiceLogprobs(content=[token]),
+        usage=Usage.of(prompt_tokens, completion_tokens),
+    ).model_dump(mode="json")
 
 
 def _finite(logprob: float) -> float:

@@ -20,6 +20,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from core.embedding import Encoder
+from core.evaluation import read_evaluation
 from core.profile import prompt_key
 from core.tables import Exchange, ShadowResult, StudentVersion
 
@@ -114,7 +115,7 @@ class DifficultyGate:
             version = session.get(StudentVersion, version_id)
             if version is None:
                 return []
-            heldout = {eid: bool(ok) for eid, ok in version.evaluation.get("heldout", [])}
+            heldout = dict(read_evaluation(version).heldout)
             known = []
             if heldout:
                 rows = session.exec(

@@ -13,11 +13,9 @@ import asyncio
 import logging
 import uuid
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
-import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
@@ -27,6 +25,8 @@ from core.profile import in_heldout, prompt_key
 from core.settings import Settings
 from core.store import queue_training
 from core.tables import DriftReport, Exchange, ShadowResult, StudentVersion, Task
+from core.task_policy import effective_policy
+from core.transitions import change_mode, lock_task
 from router.gates import served_agreement
 from router.periodic import Periodic
 from router.ramp import ramp
@@ -82,18 +82,14 @@ class DriftMonitor:
                 return None
             session.expunge(version)
             mode = row.mode
-            threshold = (
-                row.confidence_threshold
-                if row.confidence_threshold is not None
-                else version.confidence_threshold
-            )
-        agreement, pairs = self._window_agreement(version, threshold)
+            policy = effective_policy(row, self.settings)
+        agreement, pairs = self._window_agreement(version, policy.threshold_for(version))
         input_drift = self._input_drift(version)
         reasons: dict[str, str] = {}
-        if agreement is not None and agreement < self.settings.drift_agreement_floor:
+        if agreement is not None and agreement < policy.drift_agreement_floor:
             reasons["agreement"] = (
                 f"agreement {agreement:.1%} over the latest {pairs} scored pairs is below "
-                f"{self.settings.drift_agreement_floor:.0%}"
+                f"{policy.drift_agreement_floor:.0%}"
             )
         if input_drift is not None and input_drift > self.settings.drift_input_ratio:
             reasons["input"] = (
@@ -107,13 +103,12 @@ class DriftMonitor:
             self.metrics.drift_score.labels(task=task, kind="input").set(input_drift)
         action = "none"
         if reasons and mode == "live":
-            action = "stepped_down"
-            self._step_down(
+            stepped = self._step_down(
                 task,
-                "agreement"
-                if agreement is not None and any(r.startswith("agreement") for r in reasons)
-                else "input",
+                "agreement" if "agreement" in reasons else "input",
+                "; ".join(reasons.values()),
             )
+            action = "stepped_down" if stepped else "none"
         report = DriftReport(
             id=uuid.uuid4().hex,
             task=task,
@@ -134,15 +129,16 @@ class DriftMonitor:
             log.warning("drift on %s (%s): %s", task, action, report.reason)
         return report
 
-    def _step_down(self, task: str, reason: str) -> None:
-        with self.engine.begin() as connection:
-            connection.execute(
-                sa.update(Task)
-                .where(col(Task.name) == task, col(Task.mode) == "live")
-                .values(mode="shadow", stage_started_at=datetime.now(UTC))
-            )
+    def _step_down(self, task: str, kind: str, reason: str) -> bool:
+        """Live to shadow, and a retraining queued; False if the task left live meanwhile."""
+        with Session(self.engine) as session, session.begin():
+            row = lock_task(session=session, name=task)
+            if row is None or row.mode != "live":
+                return False
+            change_mode(session=session, task=row, cause="drift", reason=reason, mode="shadow")
         queue_training(engine=self.engine, task=task, trigger="drift")
-        self.metrics.step_downs.labels(task=task, reason=reason).inc()
+        self.metrics.step_downs.labels(task=task, reason=kind).inc()
+        return True
 
     def _window_agreement(
         self, version: StudentVersion, threshold: float | None

@@ -7,19 +7,21 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
+from core.evaluation import read_evaluation
 from core.metrics import Metrics
-from core.tables import StudentVersion, Task
+from core.settings import Settings
+from core.tables import MODES, Mode, StudentVersion, Task
+from core.task_policy import effective_policy
 from router.periodic import Periodic
 
-log = logging.getLogger("stillroom.router")
+__all__ = ["MODES", "OFF", "Mode", "Policy", "PolicyCache", "StudentRef", "load_policies"]
 
-Mode = Literal["off", "shadow", "live"]
-MODES: tuple[Mode, ...] = ("off", "shadow", "live")
+log = logging.getLogger("stillroom.router")
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,8 +54,9 @@ class Policy:
 OFF = Policy(task="")
 
 
-def load_policies(engine: Engine) -> dict[str, Policy]:
-    """Every task's policy, with its live version (one query)."""
+def load_policies(engine: Engine, settings: Settings) -> dict[str, Policy]:
+    """Every task's policy (its effective one, see ``core.task_policy``), with its live
+    version (one query)."""
     with Session(engine) as session:
         rows = session.exec(
             select(Task, StudentVersion).join(
@@ -64,27 +67,26 @@ def load_policies(engine: Engine) -> dict[str, Policy]:
         ).all()
     policies = {}
     for task, version in rows:
+        effective = effective_policy(task, settings)
         student = None
         if version is not None:
-            threshold = task.confidence_threshold
-            if threshold is None:
-                threshold = version.confidence_threshold
+            profile = read_evaluation(version).profile
             student = StudentRef(
                 version_id=version.id,
                 number=version.number,
                 kind=version.kind,
                 adapter_name=version.adapter_name,
                 metric=version.metric or "text",
-                confidence_threshold=threshold,
-                profile=dict(version.evaluation.get("profile") or {}),
+                confidence_threshold=effective.threshold_for(version),
+                profile=profile.rules() if profile is not None else {},
             )
         mode = task.mode if task.mode in MODES else "off"
         policies[task.name] = Policy(
             task=task.name,
             mode=mode,
             cutover_percent=task.cutover_percent,
-            shadow_percent=task.shadow_percent,
-            audit_percent=task.audit_percent,
+            shadow_percent=effective.shadow_percent,
+            audit_percent=effective.audit_percent,
             student=student,
         )
     return policies
@@ -102,10 +104,13 @@ class PolicyCache:
         ttl: float = 1.0,
         metrics: Metrics | None = None,
         prepare: Callable[[dict[str, Policy]], Awaitable[None]] | None = None,
+        settings: Settings | None = None,
     ) -> None:
         """``prepare`` is awaited with new policies before they take effect (to load what
-        their students need, so that a new version serves its first request ready)."""
+        their students need, so that a new version serves its first request ready).
+        Without ``settings``, the environment's: routing reads only what each task sets."""
         self.engine = engine
+        self.settings = settings if settings is not None else Settings()
         self.ttl = ttl
         self.metrics = metrics
         self.prepare = prepare
@@ -116,7 +121,7 @@ class PolicyCache:
         return self._policies.get(task) or Policy(task=task)
 
     async def refresh(self) -> None:
-        policies = await asyncio.to_thread(load_policies, self.engine)
+        policies = await asyncio.to_thread(load_policies, self.engine, self.settings)
         if self.prepare is not None:
             await self.prepare(policies)
         if self.metrics is not None:

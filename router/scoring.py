@@ -15,7 +15,7 @@ import logging
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
@@ -37,11 +37,12 @@ class TeacherAnswer:
 
 
 AskTeacher = Callable[[dict[str, Any]], Awaitable[TeacherAnswer | None]]
+ScoringKind = Literal["shadow", "audit"]
 
 
 @dataclass(frozen=True, slots=True)
 class ScoringJob:
-    kind: str  # shadow or audit
+    kind: ScoringKind
     policy: Policy
     payload: dict[str, Any]
     teacher_text: str | None = None  # shadow: known; audit: asked for
@@ -49,6 +50,39 @@ class ScoringJob:
     ask_teacher: AskTeacher | None = None  # audit: how to ask (with the client's key)
     # Shadow: the exchange the teacher served; audit: the teacher call made to check it.
     exchange_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ShadowScoring:
+    """A routing decision's order to score the student on this request against the
+    teacher's answer, once the teacher has answered in full."""
+
+    policy: Policy
+    payload: dict[str, Any]
+
+    def job(self, *, teacher_text: str, exchange_id: str) -> ScoringJob:
+        return ScoringJob(
+            "shadow", self.policy, self.payload, teacher_text=teacher_text, exchange_id=exchange_id
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class AuditScoring:
+    """A routing decision's order to ask the teacher the same question, off the request
+    path, and score the answer the student served against it."""
+
+    policy: Policy
+    payload: dict[str, Any]
+    student_reply: StudentReply
+
+    def job(self, ask_teacher: AskTeacher) -> ScoringJob:
+        return ScoringJob(
+            "audit",
+            self.policy,
+            self.payload,
+            student_reply=self.student_reply,
+            ask_teacher=ask_teacher,
+        )
 
 
 class Scorer:

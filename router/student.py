@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import httpx
 
 from router.policy import StudentRef
+from router.reasons import Declined
 
 if TYPE_CHECKING:
     import numpy as np
@@ -34,7 +35,7 @@ class StudentDeclined(StudentUnavailable):
     """The student would not answer this request (e.g. an input unlike its training set);
     ``reason`` names why, for the routing metrics."""
 
-    def __init__(self, reason: str, message: str) -> None:
+    def __init__(self, reason: Declined, message: str) -> None:
         super().__init__(message)
         self.reason = reason
 

@@ -4,7 +4,6 @@ vLLM, or a classifier version on CLINC150 intents."""
 from __future__ import annotations
 
 import functools
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,11 +18,12 @@ from core.settings import Settings
 from core.store import create_store_engine, create_tables
 from core.tables import StudentHead, StudentVersion, Task
 from distiller.datasets import clinc150_banking20
+from router.policy import load_policies
 
 from conftest import RunningProxy
 from fakes.teacher import FakeTeacher
 from fakes.vllm import FakeVllm, write_adapter_config
-from servers import ServerThread
+from servers import ServerThread, wait_until
 
 TASK = "intent"
 ADAPTER = "intent-v1"
@@ -104,11 +104,18 @@ def routed_proxy(
 
 
 def set_policy(proxy: RunningProxy, **changes: Any) -> dict[str, Any]:
+    """Change the task's policy through the admin API; return once the proxy routes by it."""
     response = httpx.patch(proxy.url + f"/admin/tasks/{TASK}", json=changes)
     assert response.status_code == 200, response.text
-    time.sleep(0.5)  # a policy refresh
+    wait_until(lambda: routes_by_the_store(proxy))
     body: dict[str, Any] = response.json()
     return body
+
+
+def routes_by_the_store(proxy: RunningProxy) -> bool:
+    """Whether the proxy's policy of the task is the one its store holds now."""
+    policies = proxy.runtime.policies
+    return bool(policies.get(TASK) == load_policies(proxy.engine, policies.settings).get(TASK))
 
 
 def ask(proxy: RunningProxy, text: str = "my bill is wrong", **extra: Any) -> httpx.Response:

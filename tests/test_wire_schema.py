@@ -1,14 +1,22 @@
-"""The OpenAI schema checker accepts what the real API sends and rejects what it would not."""
+"""The OpenAI schema checker accepts what the real API sends and rejects what it would not;
+the fake teacher and the fake vLLM, checked by it and by the openai SDK's own types, speak
+the wire format."""
 
 from __future__ import annotations
 
 import json
 from typing import TYPE_CHECKING, Any
 
+import httpx
 import pytest
 import yaml  # type: ignore[import-untyped,unused-ignore]
 from jsonschema import Draft202012Validator  # type: ignore[import-untyped,unused-ignore]
+from openai.types.chat import ChatCompletion as SdkCompletion
+from openai.types.chat import ChatCompletionChunk as SdkChunk
+from openai.types.shared import ErrorObject
 
+from fakes.teacher import FakeTeacher, Fault
+from fakes.vllm import BASE_MODEL, FakeVllm
 from openapi.extract import REF_PREFIX, ROOT_SCHEMAS, iter_refs, load_openapi, select_schemas
 from wire_schema import (
     SCHEMAS_PATH,
@@ -449,3 +457,98 @@ def test_extractor_reads_yaml_scalars_the_yaml_1_2_way(tmp_path: Path) -> None:
     document = load_openapi(source)
     assert document == {"enum": ["on", "off", "yes"], "date": "2024-01-01", "flag": True}
     assert yaml.safe_load(source.read_text())["enum"] == [True, False, True]
+
+
+# The fakes speak the wire format.
+
+MESSAGES = [
+    {"role": "system", "content": "Route the ticket."},
+    {"role": "user", "content": "My parcel is late"},
+]
+TOOLS = [
+    {"type": "function", "function": {"name": name, "parameters": {"type": "object"}}}
+    for name in ("track", "notify")
+]
+JSON_SCHEMA = {
+    "type": "json_schema",
+    "json_schema": {"name": "t", "schema": {"properties": {"queue": {"type": "string"}}}},
+}
+REQUESTS = {
+    "plain": {},
+    "n_and_logprobs": {"n": 2, "logprobs": True, "top_logprobs": 2},
+    "tools": {"tools": TOOLS},
+    "json_schema": {"response_format": JSON_SCHEMA},
+    "usage": {"stream_options": {"include_usage": True}},
+}
+
+
+async def post(app: Any, path: str, body: dict[str, Any]) -> httpx.Response:
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://fake") as client:
+        return await client.post(path, json=body)
+
+
+async def ask_teacher(teacher: FakeTeacher, **body: Any) -> httpx.Response:
+    request = {"model": "gpt-4o-mini", "messages": MESSAGES, **body}
+    return await post(teacher.app, "/v1/chat/completions", request)
+
+
+@pytest.mark.parametrize("extra", list(REQUESTS.values()), ids=list(REQUESTS))
+async def test_fake_teacher_answer_matches_the_schema_and_the_sdk(extra: dict[str, Any]) -> None:
+    response = await ask_teacher(FakeTeacher(), **extra)
+    body = response.json()
+    validate_chat_completion(body)
+    parsed = SdkCompletion.model_validate(body)
+    assert len(parsed.choices) == extra.get("n", 1)
+    if "logprobs" in extra:
+        assert all(choice.logprobs is not None for choice in parsed.choices)
+
+
+@pytest.mark.parametrize("extra", list(REQUESTS.values()), ids=list(REQUESTS))
+async def test_fake_teacher_stream_matches_the_schema_and_the_sdk(extra: dict[str, Any]) -> None:
+    teacher = FakeTeacher()
+    whole = (await ask_teacher(teacher, **extra)).json()
+    response = await ask_teacher(teacher, **extra, stream=True)
+    assert response.headers["content-type"].startswith("text/event-stream")
+    chunks = [SdkChunk.model_validate(event) for event in validate_sse_stream(response.content)]
+    for choice in whole["choices"]:
+        pieces = [
+            c.choices[0] for c in chunks if c.choices and c.choices[0].index == choice["index"]
+        ]
+        assert "".join(p.delta.content or "" for p in pieces) == (
+            choice["message"]["content"] or ""
+        )
+        assert pieces[-1].finish_reason == choice["finish_reason"]
+    if "stream_options" in extra:
+        assert chunks[-1].usage is not None
+        assert chunks[-1].usage.total_tokens == whole["usage"]["total_tokens"]
+
+
+async def test_fake_teacher_error_matches_the_schema_and_the_sdk() -> None:
+    teacher = FakeTeacher()
+    teacher.faults.append(Fault(status=429))
+    response = await ask_teacher(teacher)
+    assert response.status_code == 429
+    validate_error(response.json())
+    assert ErrorObject.model_validate(response.json()["error"]).code == "rate_limit_exceeded"
+
+
+async def test_fake_vllm_answer_and_stream_are_read_by_the_sdk() -> None:
+    """vLLM's answers are not OpenAI's to the letter (null where OpenAI leaves a field
+    out), so only the SDK judges them."""
+    vllm = FakeVllm()
+    body = {"model": BASE_MODEL, "messages": MESSAGES, "logprobs": True}
+    whole = (await post(vllm.app, "/v1/chat/completions", body)).json()
+    assert "refusal" not in whole["choices"][0]["logprobs"], "vLLM's logprobs: content only"
+    assert whole["choices"][0]["message"]["annotations"] is None
+    completion = SdkCompletion.model_validate(whole)
+    assert completion.choices[0].message.content == vllm.default_answer
+    stream = {**body, "stream": True, "stream_options": {"include_usage": True}}
+    response = await post(vllm.app, "/v1/chat/completions", stream)
+    frames = response.content.decode().split("\n\n")
+    assert frames[-2:] == ["data: [DONE]", ""]
+    chunks = [SdkChunk.model_validate_json(frame.removeprefix("data: ")) for frame in frames[:-2]]
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == (
+        vllm.default_answer
+    )
+    assert chunks[-1].usage == completion.usage

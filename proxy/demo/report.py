@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
+from core.evaluation import read_evaluation
 from core.settings import Settings
 from core.tables import Exchange, ShadowResult, StudentVersion, Task
 
@@ -28,7 +29,7 @@ class Row:
     cost: float  # what it cost
     teacher_cost: float  # what the teacher alone would have cost
     latency_ms: float
-    audit: bool  # a teacher call made to audit the student, not a request of the app
+    audit: bool  # origin "audit": a teacher call made to audit the student, not a request
 
 
 @dataclass
@@ -73,13 +74,6 @@ def collect(
             .where(Exchange.task == task_name, Exchange.status == "ok")
             .order_by(col(Exchange.created_at))
         ).all()
-        audit_ids = set(
-            session.exec(
-                select(ShadowResult.exchange_id).where(
-                    ShadowResult.task == task_name, ShadowResult.kind == "audit"
-                )
-            ).all()
-        )
         versions = session.exec(
             select(StudentVersion)
             .where(StudentVersion.task == task_name)
@@ -90,7 +84,7 @@ def collect(
         )
         live = _live_agreement(session, active) if active else {}
         start = _utc(exchanges[0].created_at) if exchanges else None
-        rows = [_row(e, start, settings, e.id in audit_ids) for e in exchanges]
+        rows = [_row(e, start, settings) for e in exchanges]
         final = None
         if final_since is not None and start is not None:
             offset = (final_since - start).total_seconds()
@@ -117,7 +111,7 @@ def collect(
         )
 
 
-def _row(exchange: Exchange, start: datetime | None, settings: Settings, audit: bool) -> Row:
+def _row(exchange: Exchange, start: datetime | None, settings: Settings) -> Row:
     cost = float(exchange.cost_usd or 0.0)
     teacher_cost = cost
     if exchange.served_by == "student":
@@ -128,6 +122,7 @@ def _row(exchange: Exchange, start: datetime | None, settings: Settings, audit: 
             else 0.0
         )
     at = (_utc(exchange.created_at) - start).total_seconds() if start is not None else 0.0
+    audit = exchange.origin == "audit"
     return Row(at, exchange.served_by, cost, teacher_cost, exchange.latency_ms, audit)
 
 
@@ -141,6 +136,7 @@ def seconds_since_start(figures: Figures, moment: datetime) -> float:
 
 
 def _version(version: StudentVersion) -> dict[str, Any]:
+    evaluation = read_evaluation(version)
     return {
         "number": version.number,
         "kind": version.kind,
@@ -150,8 +146,8 @@ def _version(version: StudentVersion) -> dict[str, Any]:
         "base_agreement": version.base_agreement,
         "retained_share": version.retained_share,
         "retained_agreement": version.retained_agreement,
-        "examples": version.evaluation.get("examples"),
-        "training_seconds": version.evaluation.get("training_seconds"),
+        "examples": evaluation.examples,
+        "training_seconds": evaluation.training_seconds,
     }
 
 

@@ -14,10 +14,9 @@ import asyncio
 import math
 import random
 import re
-import time
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +25,17 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
+
+from core.wire import (
+    SSE_DONE,
+    ChatCompletion,
+    CompletionTokensDetails,
+    ErrorBody,
+    PromptTokensDetails,
+    Usage,
+    completion_chunks,
+    sse,
+)
 
 MODEL = "gpt-4o"
 SNAPSHOT = "gpt-4o-2024-08-06"
@@ -107,10 +117,8 @@ def _normal(text: str) -> str:
 
 
 def _error(status: int, message: str, param: str | None = None) -> JSONResponse:
-    body = {
-        "error": {"message": message, "type": "invalid_request_error", "param": param, "code": None}
-    }
-    return JSONResponse(body, status_code=status)
+    body = ErrorBody.of(message, error_type="invalid_request_error", param=param)
+    return JSONResponse(body.model_dump(), status_code=status)
 
 
 def create_teacher_app(teacher: IntentTeacher, latency: Latency, *, seed: int = 0) -> Starlette:
@@ -134,15 +142,12 @@ def create_teacher_app(teacher: IntentTeacher, latency: Latency, *, seed: int = 
         answer = teacher.label(str(user[-1].get("content") or ""))
         usage = _usage(prompt_tokens(messages), count_tokens(answer) + 1)
         await asyncio.sleep(latency.draw(rng))
-        completion_id = f"chatcmpl-{uuid.uuid4().hex[:29]}"
+        completion = _completion(f"chatcmpl-{uuid.uuid4().hex[:29]}", answer, usage)
         if body.get("stream"):
             options = body.get("stream_options") or {}
-            events = _stream(completion_id, answer, usage if options.get("include_usage") else None)
+            events = _stream(completion, include_usage=bool(options.get("include_usage")))
             return StreamingResponse(events, media_type="text/event-stream")
-        return Response(
-            orjson.dumps(_completion(completion_id, answer, usage)),
-            media_type="application/json",
-        )
+        return Response(completion.model_dump_json(), media_type="application/json")
 
     return Starlette(
         routes=[
@@ -152,69 +157,22 @@ def create_teacher_app(teacher: IntentTeacher, latency: Latency, *, seed: int = 
     )
 
 
-def _usage(prompt: int, completion: int) -> dict[str, Any]:
-    return {
-        "prompt_tokens": prompt,
-        "completion_tokens": completion,
-        "total_tokens": prompt + completion,
-        "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
-        "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0},
-    }
+def _usage(prompt: int, completion: int) -> Usage:
+    usage = Usage.of(prompt, completion)
+    usage.prompt_tokens_details = PromptTokensDetails(cached_tokens=0, audio_tokens=0)
+    usage.completion_tokens_details = CompletionTokensDetails(reasoning_tokens=0, audio_tokens=0)
+    return usage
 
 
-def _completion(completion_id: str, answer: str, usage: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "id": completion_id,
-        "object": "chat.completion",
-        "created": int(time.time()),
-        "model": SNAPSHOT,
-        "choices": [
-            {
-                "index": 0,
-                "message": {
-                    "role": "assistant",
-                    "content": answer,
-                    "refusal": None,
-                    "annotations": [],
-                },
-                "logprobs": None,
-                "finish_reason": "stop",
-            }
-        ],
-        "usage": usage,
-        "service_tier": "default",
-        "system_fingerprint": "fp_demo",
-    }
+def _completion(completion_id: str, answer: str, usage: Usage) -> ChatCompletion:
+    completion = ChatCompletion.from_text(answer, model=SNAPSHOT, id=completion_id, usage=usage)
+    completion.service_tier = "default"
+    completion.system_fingerprint = "fp_demo"
+    return completion
 
 
-async def _stream(completion_id: str, answer: str, usage: dict[str, Any] | None) -> Any:
-    base = {
-        "id": completion_id,
-        "object": "chat.completion.chunk",
-        "created": int(time.time()),
-        "model": SNAPSHOT,
-        "system_fingerprint": "fp_demo",
-    }
-
-    def event(choices: list[dict[str, Any]], **extra: Any) -> bytes:
-        if usage is not None:
-            extra.setdefault("usage", None)
-        return b"data: " + orjson.dumps({**base, "choices": choices, **extra}) + b"\n\n"
-
-    yield event(
-        [
-            {
-                "index": 0,
-                "delta": {"role": "assistant", "content": "", "refusal": None},
-                "logprobs": None,
-                "finish_reason": None,
-            }
-        ]
-    )
-    yield event(
-        [{"index": 0, "delta": {"content": answer}, "logprobs": None, "finish_reason": None}]
-    )
-    yield event([{"index": 0, "delta": {}, "logprobs": None, "finish_reason": "stop"}])
-    if usage is not None:
-        yield event([], usage=usage)
-    yield b"data: [DONE]\n\n"
+async def _stream(completion: ChatCompletion, *, include_usage: bool) -> AsyncIterator[bytes]:
+    # The whole answer is ready once the latency has passed, so every chunk goes at once.
+    for chunk in completion_chunks(completion, include_usage=include_usage):
+        yield sse(chunk)
+    yield SSE_DONE

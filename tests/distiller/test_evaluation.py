@@ -51,7 +51,10 @@ def test_evaluation_scores_student_and_base_against_the_teacher() -> None:
     assert evaluation.base_agreement == 0.0
     assert evaluation.calibration.threshold == -0.1
     assert evaluation.share_at_target == pytest.approx(0.8)
-    assert evaluation.summary()["retained_agreement"] == 1.0
+    summary = evaluation.summary()
+    assert summary.retained_agreement == 1.0
+    assert (summary.threshold, summary.target, summary.examples) == (-0.1, 0.95, 10)
+    assert summary.heldout == [(str(n), n < 8) for n in range(10)]
 
 
 def test_evaluation_needs_heldout_examples() -> None:

@@ -1,5 +1,5 @@
-"""The publish gate against a vLLM-speaking student server, and two distillers sharing one
-Postgres store."""
+"""The publish gate against a vLLM-speaking student server, a task's own target for it,
+and two distillers sharing one Postgres store."""
 
 from __future__ import annotations
 
@@ -12,14 +12,16 @@ from typing import Any
 import httpx
 import pytest
 from sqlalchemy.engine import Engine
-from sqlmodel import Session
+from sqlmodel import Session, select
 
 from core.embedding import Encoder
+from core.evaluation import read_evaluation
 from core.settings import Settings
 from core.store import create_store_engine, create_tables, insert_exchanges, queue_training
-from core.tables import ExchangeCreate, Task
+from core.tables import ExchangeCreate, StudentVersion, Task, TaskTransition
 from distiller import registry
 from distiller.backends import HttpStudentBackend
+from distiller.datasets import clinc150_banking20
 from distiller.pipeline import Pipeline
 from distiller.scheduler import Distiller
 
@@ -52,34 +54,45 @@ def engines() -> Iterator[list[Engine]]:
         engine.dispose()
 
 
+def exchange(text: str, answer: str) -> ExchangeCreate:
+    return ExchangeCreate(
+        id=uuid.uuid4().hex,
+        task=TASK,
+        served_by="teacher",
+        status="ok",
+        http_status=200,
+        model="gpt-4o-mini",
+        request={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": text}]},
+        response={
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": answer},
+                    "finish_reason": "stop",
+                }
+            ]
+        },
+        latency_ms=10.0,
+    )
+
+
 def pairs(count: int) -> list[ExchangeCreate]:
+    return [
+        exchange(f"alpha request {n}", "yes") if n % 2 else exchange(f"beta request {n}", "no")
+        for n in range(count)
+    ]
+
+
+def noisy_intent_pairs() -> list[ExchangeCreate]:
+    """Banking intents whose teacher names the wrong one every sixth time: a classifier
+    agrees with it on about 79% of held-out traffic, and on 80% of nearly all of it, but on
+    95% of under a tenth."""
+    intents = clinc150_banking20()["intents"][:4]
+    rows = [row for row in clinc150_banking20()["train"] if row[1] in intents]
     exchanges = []
-    for n in range(count):
-        word, label = ("alpha", "yes") if n % 2 else ("beta", "no")
-        exchanges.append(
-            ExchangeCreate(
-                id=uuid.uuid4().hex,
-                task=TASK,
-                served_by="teacher",
-                status="ok",
-                http_status=200,
-                model="gpt-4o-mini",
-                request={
-                    "model": "gpt-4o-mini",
-                    "messages": [{"role": "user", "content": f"{word} request {n}"}],
-                },
-                response={
-                    "choices": [
-                        {
-                            "index": 0,
-                            "message": {"role": "assistant", "content": label},
-                            "finish_reason": "stop",
-                        }
-                    ]
-                },
-                latency_ms=10.0,
-            )
-        )
+    for n, (text, intent) in enumerate(rows):
+        named = intents[(intents.index(intent) + (n % 6 == 0)) % len(intents)]
+        exchanges.append(exchange(text, named.replace("_", " ").title()))
     return exchanges
 
 
@@ -91,21 +104,23 @@ def pipeline(
     encoder: Encoder,
     client: httpx.AsyncClient,
     engines: list[Engine],
+    **overrides: Any,
 ) -> Pipeline:
-    settings = Settings(
-        database_url=database_url,
-        data_dir=data_dir,
-        base_model=str(tiny_model),
-        student_backend="vllm",
-        student_url=vllm.url,
-        train_min_pairs=20,
-        heldout_percent=25,
-        distill_first_pairs=60,
-        lora_epochs=4,
-        lora_learning_rate=5e-3,
-        target_agreement=0.9,
-        student_kinds=["lora"],
-    )
+    values: dict[str, Any] = {
+        "database_url": database_url,
+        "data_dir": data_dir,
+        "base_model": str(tiny_model),
+        "student_backend": "vllm",
+        "student_url": vllm.url,
+        "train_min_pairs": 20,
+        "heldout_percent": 25,
+        "distill_first_pairs": 60,
+        "lora_epochs": 4,
+        "lora_learning_rate": 5e-3,
+        "target_agreement": 0.9,
+        "student_kinds": ["lora"],
+    }
+    settings = Settings(**{**values, **overrides})
     engine = create_store_engine(database_url)
     engines.append(engine)
     create_tables(engine)
@@ -166,6 +181,123 @@ async def test_adapter_that_answers_nothing_fails_its_health_check(
     assert metrics.get_sample_value("stillroom_training_runs_total", runs) == 1
     kind = {"task": TASK, "kind": version.kind}
     assert metrics.get_sample_value("stillroom_versions_published_total", kind) == 0
+
+
+async def distil_noisy_intents(line: Pipeline, **task: Any) -> StudentVersion:
+    """One training run of the noisy intent task, whose row first gets ``task``'s values."""
+    insert_exchanges(engine=line.engine, exchanges=noisy_intent_pairs())
+    with Session(line.engine) as session:
+        row = session.get(Task, TASK)
+        assert row is not None
+        for name, value in task.items():
+            setattr(row, name, value)
+        session.add(row)
+        session.commit()
+    run = queue_training(engine=line.engine, task=TASK)
+    assert registry.claim_run(engine=line.engine, run_id=run.id)
+    version = await line.run(run)
+    assert version is not None
+    return version
+
+
+@pytest.mark.parametrize(
+    ("setting", "own", "published"),
+    [
+        pytest.param(0.95, 0.8, True, id="lower-own-target-publishes"),
+        pytest.param(0.8, 0.95, False, id="stricter-own-target-rejects"),
+    ],
+)
+async def test_a_tasks_own_target_decides_calibration_and_the_gate_over_the_setting(
+    sqlite_url: str,
+    tmp_path: Path,
+    tiny_model: Path,
+    vllm: FakeVllm,
+    encoder: Encoder,
+    engines: list[Engine],
+    setting: float,
+    own: float,
+    published: bool,
+) -> None:
+    async with httpx.AsyncClient() as client:
+        line = pipeline(
+            sqlite_url,
+            tmp_path / "data",
+            tiny_model,
+            vllm,
+            encoder,
+            client,
+            engines,
+            student_kinds=["classifier"],
+            target_agreement=setting,
+            publish_min_share=0.5,
+        )
+        version = await distil_noisy_intents(line, target_agreement=own)
+    evaluation = read_evaluation(version)
+    assert evaluation.target == own, "calibrated for the task's own target"
+    assert (version.retained_agreement or 0.0) >= own
+    if published:
+        assert version.state == "published", version.reason
+        assert (version.retained_share or 0.0) >= 0.9
+        with Session(line.engine) as session:
+            task = session.get(Task, TASK)
+            assert task is not None
+            assert (task.mode, task.active_version_id) == ("off", version.id)
+            assert session.exec(select(TaskTransition)).all() == [], "no auto-ramp: mode stays"
+    else:
+        assert version.state == "rejected"
+        assert version.reason is not None
+        assert f"reaches {own:.0%} agreement" in version.reason
+
+
+async def test_publishing_to_an_auto_ramp_task_starts_it_again_from_shadow(
+    sqlite_url: str,
+    tmp_path: Path,
+    tiny_model: Path,
+    vllm: FakeVllm,
+    encoder: Encoder,
+    engines: list[Engine],
+) -> None:
+    async with httpx.AsyncClient() as client:
+        line = pipeline(
+            sqlite_url,
+            tmp_path / "data",
+            tiny_model,
+            vllm,
+            encoder,
+            client,
+            engines,
+            student_kinds=["classifier"],
+            target_agreement=0.8,
+        )
+        with Session(line.engine) as session:
+            session.add(
+                StudentVersion(
+                    id="1" * 32,
+                    task=TASK,
+                    number=1,
+                    kind="classifier",
+                    state="published",
+                    base_model="-",
+                    adapter_name=f"{TASK}-v1",
+                    adapter_path="-",
+                    confidence_threshold=-0.1,
+                    retained_share=0.1,
+                )
+            )
+            session.commit()
+        version = await distil_noisy_intents(
+            line, auto_ramp=True, mode="live", cutover_percent=50.0, active_version_id="1" * 32
+        )
+    assert (version.number, version.state) == (2, "published")
+    with Session(line.engine) as session:
+        task = session.get(Task, TASK)
+        assert task is not None
+        assert (task.mode, task.cutover_percent) == ("shadow", 0.0)
+        [transition] = session.exec(select(TaskTransition)).all()
+    assert transition.cause == "publish"
+    assert (transition.from_mode, transition.from_cutover_percent) == ("live", 50.0)
+    assert (transition.to_mode, transition.to_cutover_percent) == ("shadow", 0.0)
+    assert transition.reason == "v2 published in place of v1; auto-ramp starts it again from shadow"
 
 
 @pytest.mark.postgres

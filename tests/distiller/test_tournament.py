@@ -11,12 +11,13 @@ from typing import Any
 import httpx
 import pytest
 from sqlalchemy.engine import Engine
-from sqlmodel import Session
+from sqlmodel import Session, col, select
 
 from core.embedding import Encoder
+from core.evaluation import read_evaluation
 from core.settings import Settings
 from core.store import create_store_engine, create_tables, insert_exchanges, queue_training
-from core.tables import ExchangeCreate, StudentHead, StudentVersion, Task
+from core.tables import ExchangeCreate, StudentHead, StudentVersion, Task, TaskTransition
 from distiller import registry, tournament
 from distiller.backends import HttpStudentBackend
 from distiller.datasets import clinc150_banking20
@@ -196,14 +197,17 @@ async def test_label_task_trains_both_kinds_and_publishes_the_classifier(
     assert (lora.kind, lora.state) == ("lora", "rejected")
     assert lora.reason is not None
     assert lora.reason.startswith("lost the tournament to v1 (classifier): ")
-    figures = classifier.evaluation["tournament"]
-    assert figures == lora.evaluation["tournament"]
-    assert [e["kind"] for e in figures["entrants"]] == ["classifier", "lora"]
-    assert figures["winner"] == 1
+    figures = read_evaluation(classifier).tournament
+    assert figures is not None
+    assert figures == read_evaluation(lora).tournament
+    assert [e.kind for e in figures.entrants] == ["classifier", "lora"]
+    assert figures.winner == 1
     for v in (classifier, lora):
-        assert v.evaluation["training_seconds"] > 0
-        assert v.evaluation["latency_p50_ms"] > 0
-        assert v.evaluation["heldout"]
+        evaluation = read_evaluation(v)
+        assert (evaluation.training_seconds or 0) > 0
+        assert (evaluation.latency_p50_ms or 0) > 0
+        assert evaluation.heldout
+        assert evaluation.target == 0.9
     assert classifier.metric == "label"
     assert classifier.confidence_threshold is not None
     assert (classifier.retained_share or 0) >= tournament.share_at_target(lora)
@@ -234,6 +238,43 @@ async def test_operator_can_publish_the_loser_and_roll_back_to_the_winner(
     back = await registry.rollback(engine=line.engine, backend=line.backend, task=TASK)
     assert (back.number, back.kind) == (1, "classifier")
     assert [v.state for v in versions(line)] == ["published", "retired"]
+    assert transitions(line) == [], "without auto-ramp, the mode is the operator's"
+
+
+async def test_publishing_and_rolling_back_an_auto_ramp_task_start_it_again_from_shadow(
+    pipeline: Any,
+) -> None:
+    line = pipeline()
+    await train(line, intent_pairs())
+    live(line, 50.0, auto_ramp=True)
+    await registry.publish_chosen(engine=line.engine, backend=line.backend, task=TASK, version="v2")
+    live(line, 25.0)
+    await registry.rollback(engine=line.engine, backend=line.backend, task=TASK)
+    made = [(t.cause, t.from_mode, t.from_cutover_percent, t.to_mode) for t in transitions(line)]
+    assert made == [("publish", "live", 50.0, "shadow"), ("rollback", "live", 25.0, "shadow")]
+    reasons = [t.reason for t in transitions(line)]
+    assert reasons == [
+        "v2 published in place of v1; auto-ramp starts it again from shadow",
+        "rolled back from v2 to v1; auto-ramp starts it again from shadow",
+    ]
+
+
+def live(line: Pipeline, cutover: float, **values: Any) -> None:
+    """Put the task live at ``cutover`` directly in the store, as an earlier stage left it."""
+    with Session(line.engine) as session:
+        task = session.get(Task, TASK)
+        assert task is not None
+        task.mode, task.cutover_percent = "live", cutover
+        for name, value in values.items():
+            setattr(task, name, value)
+        session.add(task)
+        session.commit()
+
+
+def transitions(line: Pipeline) -> list[TaskTransition]:
+    with Session(line.engine) as session:
+        query = select(TaskTransition).order_by(col(TaskTransition.created_at))
+        return list(session.exec(query).all())
 
 
 async def test_free_text_task_gets_only_a_lora_student(pipeline: Any) -> None:

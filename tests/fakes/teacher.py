@@ -25,6 +25,27 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from core.wire import (
+    SSE_DONE,
+    AssistantMessage,
+    ChatCompletion,
+    ChatCompletionChunk,
+    Choice,
+    ChoiceLogprobs,
+    ChunkChoice,
+    CompletionTokensDetails,
+    Delta,
+    ErrorBody,
+    FunctionCall,
+    FunctionCallDelta,
+    PromptTokensDetails,
+    TokenLogprob,
+    ToolCall,
+    ToolCallDelta,
+    Usage,
+    sse,
+)
+
 MODEL_CREATED = 1_700_000_000
 
 
@@ -95,19 +116,7 @@ class FakeTeacher:
         if fault.delay:
             await asyncio.sleep(fault.delay)
         if fault.status is not None:
-            body = (
-                fault.body
-                or json.dumps(
-                    {
-                        "error": {
-                            "message": f"fake teacher error {fault.status}",
-                            "type": "rate_limit_error" if fault.status == 429 else "server_error",
-                            "param": None,
-                            "code": "rate_limit_exceeded" if fault.status == 429 else None,
-                        }
-                    }
-                ).encode()
-            )
+            body = fault.body or _error(fault.status).model_dump_json().encode()
             return Response(
                 body, status_code=fault.status, headers=fault.headers, media_type="application/json"
             )
@@ -134,8 +143,8 @@ class FakeTeacher:
                     raise ConnectionAbortedError("fake teacher cut the stream")
                 if number and fault.event_interval:
                     await asyncio.sleep(fault.event_interval)
-                yield b"data: " + json.dumps(chunk).encode() + b"\n\n"
-            yield b"data: [DONE]\n\n"
+                yield sse(chunk)
+            yield SSE_DONE
             self.stream_finished.set()
         except asyncio.CancelledError:
             self.cancelled.set()
@@ -205,6 +214,15 @@ class FakeTeacher:
         )
 
 
+def _error(status: int) -> ErrorBody:
+    limited = status == 429
+    return ErrorBody.of(
+        f"fake teacher error {status}",
+        error_type="rate_limit_error" if limited else "server_error",
+        code="rate_limit_exceeded" if limited else None,
+    )
+
+
 def _last_user_text(payload: dict[str, Any]) -> str:
     for message in reversed(payload["messages"]):
         if message["role"] == "user":
@@ -215,7 +233,7 @@ def _last_user_text(payload: dict[str, Any]) -> str:
     return ""
 
 
-def _tool_calls(payload: dict[str, Any]) -> list[dict[str, Any]] | None:
+def _tool_calls(payload: dict[str, Any]) -> list[ToolCall] | None:
     tools = payload.get("tools") or []
     if not tools or payload.get("tool_choice") == "none":
         return None
@@ -224,15 +242,11 @@ def _tool_calls(payload: dict[str, Any]) -> list[dict[str, Any]] | None:
     calls = []
     for number, tool in enumerate(tools[:2]):
         name = tool["function"]["name"]
+        arguments = json.dumps({"query": _last_user_text(payload)})
         calls.append(
-            {
-                "id": f"call_{number}_{name}",
-                "type": "function",
-                "function": {
-                    "name": name,
-                    "arguments": json.dumps({"query": _last_user_text(payload)}),
-                },
-            }
+            ToolCall(
+                id=f"call_{number}_{name}", function=FunctionCall(name=name, arguments=arguments)
+            )
         )
     return calls
 
@@ -249,35 +263,23 @@ def answer_text(payload: dict[str, Any], index: int = 0) -> str:
     return f"Answer to: {_last_user_text(payload)}{suffix}"
 
 
-def _usage(payload: dict[str, Any], completion_tokens: int) -> dict[str, Any]:
+def _usage(payload: dict[str, Any], completion_tokens: int) -> Usage:
     prompt = sum(len(json.dumps(m).split()) for m in payload["messages"])
-    return {
-        "prompt_tokens": prompt,
-        "completion_tokens": completion_tokens,
-        "total_tokens": prompt + completion_tokens,
-        "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
-        "completion_tokens_details": {
-            "reasoning_tokens": 0,
-            "audio_tokens": 0,
-            "accepted_prediction_tokens": 0,
-            "rejected_prediction_tokens": 0,
-        },
-    }
+    usage = Usage.of(prompt, completion_tokens)
+    usage.prompt_tokens_details = PromptTokensDetails(cached_tokens=0, audio_tokens=0)
+    usage.completion_tokens_details = CompletionTokensDetails(
+        reasoning_tokens=0,
+        audio_tokens=0,
+        accepted_prediction_tokens=0,
+        rejected_prediction_tokens=0,
+    )
+    return usage
 
 
-def _logprobs(text: str) -> dict[str, Any]:
-    return {
-        "content": [
-            {
-                "token": word,
-                "logprob": -0.01 * (i + 1),
-                "bytes": list(word.encode()),
-                "top_logprobs": [],
-            }
-            for i, word in enumerate(text.split(" "))
-        ],
-        "refusal": None,
-    }
+def _logprobs(text: str) -> ChoiceLogprobs:
+    return ChoiceLogprobs(
+        content=[TokenLogprob.of(word, -0.01 * (i + 1)) for i, word in enumerate(text.split(" "))]
+    )
 
 
 Responder = Callable[[dict[str, Any]], str]
@@ -285,6 +287,10 @@ Responder = Callable[[dict[str, Any]], str]
 
 def completion(payload: dict[str, Any], responder: Responder | None = None) -> dict[str, Any]:
     """The non-streamed answer, as the OpenAI API shapes it."""
+    return _completion(payload, responder).model_dump(mode="json")
+
+
+def _completion(payload: dict[str, Any], responder: Responder | None) -> ChatCompletion:
     choices = []
     completion_tokens = 0
     for index in range(payload.get("n") or 1):
@@ -295,113 +301,80 @@ def completion(payload: dict[str, Any], responder: Responder | None = None) -> d
             text = responder(payload)
         else:
             text = answer_text(payload, index)
-        message: dict[str, Any] = {
-            "role": "assistant",
-            "content": text,
-            "refusal": None,
-            "annotations": [],
-        }
+        message = AssistantMessage(content=text, annotations=[])
         if calls:
-            message["tool_calls"] = calls
-        completion_tokens += len((text or json.dumps(calls)).split())
+            message.tool_calls = calls
+        counted = text or json.dumps([call.model_dump() for call in calls or []])
+        completion_tokens += len(counted.split())
         choices.append(
-            {
-                "index": index,
-                "message": message,
-                "logprobs": _logprobs(text) if payload.get("logprobs") and text else None,
-                "finish_reason": "tool_calls" if calls else "stop",
-            }
+            Choice(
+                index=index,
+                message=message,
+                logprobs=_logprobs(text) if payload.get("logprobs") and text else None,
+                finish_reason="tool_calls" if calls else "stop",
+            )
         )
-    return {
-        "id": "chatcmpl-fake",
-        "object": "chat.completion",
-        "created": int(time.time()),
-        "model": payload["model"],
-        "choices": choices,
-        "usage": _usage(payload, completion_tokens),
-        "service_tier": "default",
-        "system_fingerprint": "fp_fake",
-    }
+    return ChatCompletion(
+        id="chatcmpl-fake",
+        created=int(time.time()),
+        model=payload["model"],
+        choices=choices,
+        usage=_usage(payload, completion_tokens),
+        service_tier="default",
+        system_fingerprint="fp_fake",
+    )
 
 
-def chunks(payload: dict[str, Any], responder: Responder | None = None) -> list[dict[str, Any]]:
-    """The streamed answer, chunk by chunk, as the OpenAI API sends it."""
+def chunks(
+    payload: dict[str, Any], responder: Responder | None = None
+) -> list[ChatCompletionChunk]:
+    """The streamed answer, chunk by chunk, as the OpenAI API sends it: content word by
+    word, tool-call arguments seven characters at a time."""
     include_usage = bool((payload.get("stream_options") or {}).get("include_usage"))
-    head = {
-        "id": "chatcmpl-fake",
-        "object": "chat.completion.chunk",
-        "created": int(time.time()),
-        "model": payload["model"],
-        "service_tier": "default",
-        "system_fingerprint": "fp_fake",
-    }
-    if include_usage:
-        head["usage"] = None
-    whole = completion(payload, responder)
-    out: list[dict[str, Any]] = []
+    whole = _completion(payload, responder)
+    out: list[ChatCompletionChunk] = []
 
-    def chunk(
-        index: int, delta: dict[str, Any], finish: str | None = None, logprobs: Any = None
-    ) -> None:
-        out.append(
-            {
-                **head,
-                "choices": [
-                    {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
-                ],
-            }
+    def chunk(choices: list[ChunkChoice], usage: Usage | None = None) -> None:
+        piece = ChatCompletionChunk(
+            id=whole.id,
+            created=whole.created,
+            model=whole.model,
+            service_tier="default",
+            system_fingerprint="fp_fake",
+            choices=choices,
         )
+        if include_usage:
+            piece.usage = usage
+        out.append(piece)
 
-    for choice in whole["choices"]:
-        index = choice["index"]
-        message = choice["message"]
-        chunk(
-            index,
-            {
-                "role": "assistant",
-                "content": "" if message["content"] is not None else None,
-                "refusal": None,
-            },
-        )
-        if message.get("tool_calls"):
-            for number, call in enumerate(message["tool_calls"]):
-                arguments = call["function"]["arguments"]
-                chunk(
-                    index,
-                    {
-                        "tool_calls": [
-                            {
-                                "index": number,
-                                "id": call["id"],
-                                "type": "function",
-                                "function": {"name": call["function"]["name"], "arguments": ""},
-                            }
-                        ]
-                    },
-                )
-                for start in range(0, len(arguments), 7):
-                    chunk(
-                        index,
-                        {
-                            "tool_calls": [
-                                {
-                                    "index": number,
-                                    "function": {"arguments": arguments[start : start + 7]},
-                                }
-                            ]
-                        },
-                    )
-        else:
-            words = message["content"].split(" ")
-            logprobs = (choice["logprobs"] or {}).get("content") if choice["logprobs"] else None
-            for number, word in enumerate(words):
-                piece = word if number == 0 else " " + word
-                chunk(
-                    index,
-                    {"content": piece},
-                    logprobs={"content": [logprobs[number]], "refusal": None} if logprobs else None,
-                )
-        chunk(index, {}, finish=choice["finish_reason"])
+    for choice in whole.choices:
+        for part in _choice_parts(choice):
+            chunk([part])
     if include_usage:
-        out.append({**head, "choices": [], "usage": whole["usage"]})
+        chunk([], usage=whole.usage)
     return out
+
+
+def _choice_parts(choice: Choice) -> list[ChunkChoice]:
+    index, message = choice.index, choice.message
+    text = message.content
+    opening = Delta(role="assistant", content="" if text is not None else None, refusal=None)
+    parts = [ChunkChoice(index=index, delta=opening)]
+    for number, call in enumerate(message.tool_calls or []):
+        function = call.function or FunctionCall()
+        arguments = function.arguments or ""
+        name = FunctionCallDelta(name=function.name, arguments="")
+        opened = ToolCallDelta(index=number, id=call.id, type="function", function=name)
+        parts.append(ChunkChoice(index=index, delta=Delta(tool_calls=[opened])))
+        for start in range(0, len(arguments), 7):
+            more = FunctionCallDelta(arguments=arguments[start : start + 7])
+            delta = Delta(tool_calls=[ToolCallDelta(index=number, function=more)])
+            parts.append(ChunkChoice(index=index, delta=delta))
+    if not message.tool_calls and text is not None:
+        tokens = (choice.logprobs.content or []) if choice.logprobs else None
+        for number, word in enumerate(text.split(" ")):
+            logprobs = ChoiceLogprobs(content=[tokens[number]]) if tokens else None
+            piece = Delta(content=word if number == 0 else " " + word)
+            parts.append(ChunkChoice(index=index, delta=piece, logprobs=logprobs))
+    parts.append(ChunkChoice(index=index, delta=Delta(), finish_reason=choice.finish_reason))
+    return parts

@@ -23,10 +23,27 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pydantic import Field
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
+
+from core.wire import (
+    SSE_DONE,
+    AssistantMessage,
+    ChatCompletion,
+    ChatCompletionChunk,
+    Choice,
+    ChoiceLogprobs,
+    ChunkChoice,
+    Delta,
+    ErrorBody,
+    TokenLogprob,
+    Usage,
+    new_completion_id,
+    sse,
+)
 
 BASE_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
@@ -40,8 +57,8 @@ class Call:
 
 def error(message: str, error_type: str, status: int) -> JSONResponse:
     """vLLM's ``ErrorResponse``: the HTTP status is repeated, as an integer, in ``code``."""
-    body = {"error": {"message": message, "type": error_type, "param": None, "code": status}}
-    return JSONResponse(body, status_code=status)
+    body = ErrorBody.of(message, error_type=error_type, code=status)
+    return JSONResponse(body.model_dump(), status_code=status)
 
 
 def write_adapter_config(directory: Path) -> Path:
@@ -145,7 +162,9 @@ class FakeVllm:
             await asyncio.sleep(self.delay)
         if body.get("stream"):
             return StreamingResponse(_stream(body, text), media_type="text/event-stream")
-        return JSONResponse(completion(body, text, self.token_logprobs.get(model)))
+        answer = completion(body, text, self.token_logprobs.get(model))
+        # As its own type: vLLM's logprobs (a subclass) leave out refusal.
+        return JSONResponse(answer.model_dump(mode="json", serialize_as_any=True))
 
 
 def _card(name: str, created: int, *, root: str, parent: str | None) -> dict[str, Any]:
@@ -182,90 +201,83 @@ def _words(text: str) -> list[str]:
     )
 
 
-def _logprobs(text: str, logprob: float | None = None) -> dict[str, Any]:
-    # vLLM's ChatCompletionLogProbs carries only "content".
-    return {
-        "content": [
-            {
-                "token": word,
-                "logprob": -0.05 * (i + 1) if logprob is None else logprob,
-                "bytes": list(word.encode()),
-                "top_logprobs": [],
-            }
+class _VllmLogprobs(ChoiceLogprobs):
+    """vLLM's ``ChatCompletionLogProbs`` carries only ``content``."""
+
+    refusal: list[TokenLogprob] | None = Field(default=None, exclude=True)
+
+
+def _logprobs(text: str, logprob: float | None = None) -> ChoiceLogprobs:
+    return _VllmLogprobs(
+        content=[
+            TokenLogprob.of(word, -0.05 * (i + 1) if logprob is None else logprob)
             for i, word in enumerate(_words(text))
         ]
-    }
+    )
 
 
-def _usage(body: dict[str, Any], text: str) -> dict[str, Any]:
+def _usage(body: dict[str, Any], text: str) -> Usage:
     prompt = sum(len(str(m.get("content", "")).split()) for m in body.get("messages", []))
-    completion_tokens = len(_words(text)) + 1
-    return {
-        "prompt_tokens": prompt,
-        "total_tokens": prompt + completion_tokens,
-        "completion_tokens": completion_tokens,
-        "prompt_tokens_details": None,
-    }
+    usage = Usage.of(prompt, len(_words(text)) + 1)
+    usage.prompt_tokens_details = None  # vLLM sends it as null
+    return usage
 
 
-def completion(body: dict[str, Any], text: str, logprob: float | None = None) -> dict[str, Any]:
-    """A non-streamed answer, shaped as vLLM's ``ChatCompletionResponse``."""
-    return {
-        "id": f"chatcmpl-{uuid.uuid4().hex}",
-        "object": "chat.completion",
-        "created": int(time.time()),
-        "model": body["model"],
-        "choices": [
-            {
-                "index": 0,
-                "message": {
-                    "role": "assistant",
-                    "content": text,
-                    "refusal": None,
-                    "annotations": None,
-                    "audio": None,
-                    "function_call": None,
-                    "tool_calls": [],
-                    "reasoning_content": None,
-                },
-                "logprobs": _logprobs(text, logprob) if body.get("logprobs") else None,
-                "finish_reason": "stop",
-                "stop_reason": None,
-            }
-        ],
-        "service_tier": None,
-        "system_fingerprint": None,
-        "usage": _usage(body, text),
-        "prompt_logprobs": None,
-        "kv_transfer_params": None,
-    }
+def completion(body: dict[str, Any], text: str, logprob: float | None = None) -> ChatCompletion:
+    """A non-streamed answer, shaped as vLLM's ``ChatCompletionResponse``: the fields it
+    does not fill are there as null (``tool_calls`` as ``[]``), and its own extras too."""
+    message = AssistantMessage(
+        content=text,
+        annotations=None,
+        tool_calls=[],
+        audio=None,
+        function_call=None,
+        reasoning_content=None,
+    )
+    choice = Choice(
+        index=0,
+        message=message,
+        logprobs=_logprobs(text, logprob) if body.get("logprobs") else None,
+        finish_reason="stop",
+        stop_reason=None,
+    )
+    return ChatCompletion(
+        id=new_completion_id(),
+        created=int(time.time()),
+        model=body["model"],
+        choices=[choice],
+        usage=_usage(body, text),
+        service_tier=None,
+        system_fingerprint=None,
+        prompt_logprobs=None,
+        kv_transfer_params=None,
+    )
 
 
-def _delta(delta: dict[str, Any], finish_reason: str | None = None) -> list[dict[str, Any]]:
-    choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
-    if finish_reason is not None:
-        choice["stop_reason"] = None
-    return [choice]
+def _delta(delta: Delta, finish: bool = False) -> list[ChunkChoice]:
+    if not finish:
+        return [ChunkChoice(index=0, delta=delta)]
+    return [ChunkChoice(index=0, delta=delta, finish_reason="stop", stop_reason=None)]
 
 
 async def _stream(body: dict[str, Any], text: str) -> AsyncIterator[bytes]:
-    head = {
-        "id": f"chatcmpl-{uuid.uuid4().hex}",
-        "object": "chat.completion.chunk",
-        "created": int(time.time()),
-        "model": body["model"],
-    }
+    completion_id, created = new_completion_id(), int(time.time())
 
-    def event(choices: list[dict[str, Any]], **extra: Any) -> bytes:
-        return b"data: " + json.dumps({**head, "choices": choices, **extra}).encode() + b"\n\n"
+    def event(choices: list[ChunkChoice], usage: Usage | None = None) -> bytes:
+        chunk = ChatCompletionChunk(
+            id=completion_id, created=created, model=body["model"], choices=choices
+        )
+        if usage is not None:
+            chunk.usage = usage
+        return sse(chunk)
 
-    yield event(_delta({"role": "assistant", "content": ""}))
+    yield event(_delta(Delta(role="assistant", content="")))
     for word in _words(text):
-        yield event(_delta({"content": word}))
-    yield event(_delta({}, "stop"))
+        yield event(_delta(Delta(content=word)))
+    yield event(_delta(Delta(), finish=True))
     if (body.get("stream_options") or {}).get("include_usage"):
         yield event([], usage=_usage(body, text))
-    yield b"data: [DONE]\n\n"
+    yield SSE_DONE
 
 
 def make_lora_adapter(base_model: Path, directory: Path, *, seed: int, scale: float = 0.5) -> Path:

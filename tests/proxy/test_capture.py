@@ -182,3 +182,38 @@ def test_exchanges_from_concurrent_requests_land_once_each(
     exchanges = stored_exchanges(proxy.engine, 40)
     assert sorted(e.request["messages"][0]["content"] for e in exchanges) == sorted(prompts)
     assert len({e.id for e in exchanges}) == 40
+
+
+def test_a_store_missing_a_column_is_a_schema_fault_not_an_outage(
+    database_url: str,
+    teacher: FakeTeacher,
+    make_settings: Callable[..., Settings],
+    start_proxy: Callable[[Settings], RunningProxy],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    proxy = start_proxy(make_settings(teacher_url=teacher.url + "/v1", database_url=database_url))
+    metrics = proxy.runtime.metrics
+    with proxy.engine.begin() as connection:
+        connection.execute(sa.text("ALTER TABLE exchanges DROP COLUMN origin"))
+
+    answer = proxy.client().chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+
+    assert answer.choices[0].message.content == "Answer to: Where is my parcel?"
+    # Retried every capture_retry_seconds, and logged once.
+    wait_until(lambda: metrics.capture_schema_errors._value.get() >= 2)
+    faults = [r for r in caplog.records if r.name == "stillroom.capture" and r.levelname == "ERROR"]
+    assert len(faults) == 1
+    assert "origin" in faults[0].getMessage()
+    assert not any("unreachable" in r.getMessage() for r in caplog.records)
+    assert metrics.store_up._value.get() == 1
+    assert metrics.capture_spilled._value.get() == 1
+    assert metrics.capture_rejected._value.get() == 0
+    assert "origin" in str(proxy.runtime.capture.schema_fault)
+
+    with proxy.engine.begin() as connection:
+        connection.execute(
+            sa.text("ALTER TABLE exchanges ADD COLUMN origin VARCHAR(16) DEFAULT 'client' NOT NULL")
+        )
+    [stored] = stored_exchanges(proxy.engine, 1)
+    assert stored.request["messages"] == MESSAGES
+    wait_until(lambda: proxy.runtime.capture.schema_fault is None)

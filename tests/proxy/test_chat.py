@@ -59,7 +59,7 @@ def test_exchange_is_stored_with_task_tokens_cost_and_no_key(
     )
     [exchange] = stored_exchanges(proxy.engine, 1)
     assert exchange.task == "tickets"
-    assert exchange.served_by == "teacher"
+    assert (exchange.served_by, exchange.origin) == ("teacher", "client")
     assert exchange.status == "ok"
     assert exchange.request["messages"] == MESSAGES
     assert exchange.response is not None

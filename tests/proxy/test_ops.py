@@ -5,13 +5,14 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import httpx
+import sqlalchemy as sa
 from prometheus_client.parser import text_string_to_metric_families
 
 from core.settings import Settings
 
 from conftest import RunningProxy
 from fakes.teacher import FakeTeacher
-from servers import free_port
+from servers import free_port, wait_until
 
 
 def _samples(proxy: RunningProxy) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -67,3 +68,20 @@ def test_metrics_count_requests_tokens_and_cost(proxy: RunningProxy, teacher: Fa
     assert cost > 0
     overhead = samples[("stillroom_overhead_seconds_count", (("stream", "false"),))]
     assert overhead == 3
+
+
+def test_readyz_fails_with_the_reason_when_the_store_refuses_exchanges_for_its_schema(
+    proxy: RunningProxy,
+) -> None:
+    with proxy.engine.begin() as connection:
+        connection.execute(sa.text("ALTER TABLE exchanges RENAME TO exchanges_elsewhere"))
+    proxy.client().chat.completions.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}]
+    )
+    wait_until(lambda: proxy.runtime.capture.schema_fault is not None)
+
+    response = httpx.get(proxy.url + "/readyz")
+
+    assert response.status_code == 503
+    assert response.json()["store"] == "error: schema: no such table: exchanges"
+    assert response.json()["teacher"] == "ok"

@@ -12,7 +12,14 @@ from sqlmodel import Session, select
 from core.embedding import Encoder
 from core.metrics import Metrics
 from core.store import insert_exchanges
-from core.tables import DriftReport, ExchangeCreate, ShadowResult, Task, TrainingRun
+from core.tables import (
+    DriftReport,
+    ExchangeCreate,
+    ShadowResult,
+    Task,
+    TaskTransition,
+    TrainingRun,
+)
 from router.drift import DriftMonitor
 
 from conftest import RunningProxy
@@ -101,32 +108,56 @@ def test_inputs_unlike_the_training_set_step_the_task_down_and_queue_training(
     wait_until(lambda: ask(proxy).headers["x-stillroom-served-by"] == "teacher", timeout=5)
 
 
-def test_falling_shadow_and_audit_agreement_steps_the_task_down(
-    routed_proxy: Callable[..., RunningProxy], vllm: FakeVllm, encoder: Encoder
-) -> None:
-    proxy = routed_proxy(drift_min_samples=20)
-    set_policy(proxy, mode="live", cutover_percent=100)
+def audits(proxy: RunningProxy, agreeing: Callable[[int], bool], count: int = 40) -> None:
+    """Scored audit pairs of the live version, ``agreeing(n)`` of the n-th."""
     with Session(proxy.engine) as session:
         task = session.get(Task, TASK)
         assert task is not None
         version_id = task.active_version_id
         assert version_id is not None
-        for n in range(40):
+        for n in range(count):
             session.add(
                 ShadowResult(
                     id=uuid.uuid4().hex,
                     task=TASK,
                     version_id=version_id,
                     kind="audit",
-                    agrees=n % 3 == 0,
-                    score=1.0 if n % 3 == 0 else 0.0,
+                    agrees=agreeing(n),
+                    score=1.0 if agreeing(n) else 0.0,
                     student_answer="refund",
                     teacher_answer="billing",
                 )
             )
         session.commit()
+
+
+def test_falling_shadow_and_audit_agreement_steps_the_task_down(
+    routed_proxy: Callable[..., RunningProxy], vllm: FakeVllm, encoder: Encoder
+) -> None:
+    proxy = routed_proxy(drift_min_samples=20)
+    set_policy(proxy, mode="live", cutover_percent=100)
+    audits(proxy, lambda n: n % 3 == 0)
     report = monitor(proxy, encoder).check(TASK)
     assert report is not None
     assert report.action == "stepped_down"
     assert report.window_agreement == pytest.approx(14 / 40)
     assert "agreement" in (report.reason or "")
+    with Session(proxy.engine) as session:
+        transitions = session.exec(select(TaskTransition)).all()
+    stepped = [t for t in transitions if t.cause == "drift"]
+    assert [(t.from_mode, t.to_mode) for t in stepped] == [("live", "shadow")]
+    assert stepped[0].reason == report.reason
+
+
+def test_a_task_asking_for_less_agreement_is_not_in_drift_above_its_own_target(
+    routed_proxy: Callable[..., RunningProxy], vllm: FakeVllm, encoder: Encoder
+) -> None:
+    proxy = routed_proxy(drift_min_samples=20)
+    set_policy(proxy, mode="live", cutover_percent=100, target_agreement=0.8)
+    audits(proxy, lambda n: n % 6 != 0)  # 33 of 40 agree: 82.5%
+    report = monitor(proxy, encoder).check(TASK)
+    assert report is not None
+    assert report.window_agreement == pytest.approx(33 / 40)
+    assert proxy.settings.drift_agreement_floor > 33 / 40, "the setting alone would step down"
+    assert not report.drifted, report.reason
+    assert report.action == "none"

@@ -8,11 +8,11 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy.engine import Engine
-from sqlmodel import Session
+from sqlmodel import Session, col, select
 
 from core.settings import Settings
 from core.store import create_store_engine, create_tables
-from core.tables import ShadowResult, StudentVersion, Task
+from core.tables import ShadowResult, StudentVersion, Task, TaskTransition
 from router.ramp import next_stage, ramp
 
 VERSION = "v" * 32
@@ -83,6 +83,23 @@ def stage(engine: Engine) -> tuple[str, float]:
         return task.mode, task.cutover_percent
 
 
+def transitions(engine: Engine) -> list[TaskTransition]:
+    with Session(engine) as session:
+        return list(
+            session.exec(select(TaskTransition).order_by(col(TaskTransition.created_at))).all()
+        )
+
+
+def set_task(engine: Engine, **values: object) -> None:
+    with Session(engine) as session:
+        task = session.get(Task, "t")
+        assert task is not None
+        for name, value in values.items():
+            setattr(task, name, value)
+        session.add(task)
+        session.commit()
+
+
 def test_the_ladder_goes_shadow_10_25_50_100() -> None:
     assert next_stage("shadow", 0) == ("live", 10)
     assert next_stage("live", 10) == ("live", 25)
@@ -119,3 +136,43 @@ def test_shadow_answers_below_the_threshold_do_not_count(engine: Engine) -> None
     assert ramp(engine, settings) == [], "19 pairs the student would serve are too few"
     score(engine, 1, kind="audit", confidence=THRESHOLD - 1)
     assert ramp(engine, settings) == [("t", "live", 10.0)], "an audited answer was served"
+
+
+def test_each_step_up_is_kept_as_an_auto_ramp_transition(engine: Engine) -> None:
+    settings = Settings(ramp_min_pairs=20, target_agreement=0.9)
+    score(engine, 20)
+    ramp(engine, settings)
+    score(engine, 20)
+    ramp(engine, settings)
+    steps = transitions(engine)
+    assert [(t.cause, t.from_mode, t.to_mode, t.to_cutover_percent) for t in steps] == [
+        ("auto_ramp", "shadow", "live", 10.0),
+        ("auto_ramp", "live", "live", 25.0),
+    ]
+    assert steps[0].reason is not None
+    assert "agreed 100.0% over 20 scored pairs" in steps[0].reason
+
+
+def test_a_stage_not_earned_writes_no_transition(engine: Engine) -> None:
+    score(engine, 5)
+    assert ramp(engine, Settings(ramp_min_pairs=20)) == []
+    assert transitions(engine) == []
+
+
+def test_a_tasks_own_target_holds_it_where_the_setting_would_move_it(engine: Engine) -> None:
+    settings = Settings(ramp_min_pairs=20, target_agreement=0.9)
+    set_task(engine, target_agreement=0.99)
+    score(engine, 19)
+    score(engine, 1, agree=False)  # 95%
+    assert ramp(engine, settings) == []
+    set_task(engine, target_agreement=None)
+    assert ramp(engine, settings) == [("t", "live", 10.0)]
+
+
+def test_a_tasks_own_target_moves_it_where_the_setting_would_hold_it(engine: Engine) -> None:
+    settings = Settings(ramp_min_pairs=20, target_agreement=0.99)
+    score(engine, 19)
+    score(engine, 1, agree=False)  # 95%
+    assert ramp(engine, settings) == []
+    set_task(engine, target_agreement=0.9)
+    assert ramp(engine, settings) == [("t", "live", 10.0)]

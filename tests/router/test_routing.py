@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from typing import Any
 
 import httpx
 import openai
@@ -13,6 +16,8 @@ from sqlmodel import Session, select
 
 from core.tables import ShadowResult
 from router.bucketing import bucket
+from router.policy import StudentRef
+from router.student import PromptEmbedding, Student, StudentReply
 
 from conftest import RunningProxy
 from fakes.teacher import FakeTeacher
@@ -20,6 +25,23 @@ from fakes.vllm import FakeVllm
 from routing_support import ADAPTER, SYSTEM, TASK, ask, set_policy
 from servers import stored_exchanges, wait_until
 from wire_schema import validate_chat_completion, validate_error, validate_sse_stream
+
+
+class WatchedStudent:
+    """A student that notes when a call to it is cancelled."""
+
+    def __init__(self, inner: Student) -> None:
+        self.inner = inner
+        self.cancelled = threading.Event()
+
+    async def answer(
+        self, student: StudentRef, payload: dict[str, Any], *, prompt: PromptEmbedding | None = None
+    ) -> StudentReply:
+        try:
+            return await self.inner.answer(student, payload, prompt=prompt)
+        except asyncio.CancelledError:
+            self.cancelled.set()
+            raise
 
 
 def scored_pairs(proxy: RunningProxy) -> list[ShadowResult]:
@@ -244,8 +266,66 @@ def test_audit_asks_the_teacher_about_live_student_answers(
     assert not audit.agrees
     assert teacher.chat_requests()[0].headers["authorization"] == "Bearer sk-client"
     exchanges = {e.id: e for e in stored_exchanges(proxy.engine, 2)}
-    assert sorted(e.served_by for e in exchanges.values()) == ["student", "teacher"]
-    assert exchanges[audit.exchange_id].served_by == "teacher", "the audit's own teacher call"
+    assert sorted((e.served_by, e.origin) for e in exchanges.values()) == [
+        ("student", "client"),
+        ("teacher", "audit"),
+    ]
+    assert exchanges[audit.exchange_id].origin == "audit", "the audit's own teacher call"
+
+
+def test_an_audit_is_audit_spend_not_a_request(
+    routed_proxy: Callable[..., RunningProxy], vllm: FakeVllm
+) -> None:
+    proxy = routed_proxy()
+    set_policy(proxy, mode="live", cutover_percent=100, audit_percent=100)
+    assert ask(proxy).headers["x-stillroom-served-by"] == "student"
+    wait_until(lambda: len(scored_pairs(proxy)) == 1, timeout=10)
+    [audit] = [e for e in stored_exchanges(proxy.engine, 2) if e.origin == "audit"]
+    assert audit.cost_usd is not None
+    assert audit.cost_usd > 0
+
+    def sample(name: str, **labels: str) -> float:
+        value = proxy.runtime.metrics.registry.get_sample_value(name, labels)
+        return float(value or 0.0)
+
+    requests = [
+        sample("stillroom_requests_total", task=TASK, served_by=served_by, status="ok")
+        for served_by in ("teacher", "student", "fallback")
+    ]
+    assert requests == [0.0, 1.0, 0.0]
+    assert sample("stillroom_request_seconds_count", served_by="teacher", stream="false") == 0
+    assert sample("stillroom_overhead_seconds_count", stream="false") == 1
+    assert sample("stillroom_cost_usd_total", task=TASK, served_by="teacher") == 0
+    assert sample("stillroom_tokens_total", task=TASK, served_by="teacher", direction="in") == 0
+    assert sample("stillroom_audit_cost_usd_total", task=TASK) == pytest.approx(audit.cost_usd)
+
+
+def test_client_gone_while_the_student_answers_cancels_the_student_call(
+    routed_proxy: Callable[..., RunningProxy], vllm: FakeVllm, teacher: FakeTeacher
+) -> None:
+    proxy = routed_proxy(student_timeout_seconds=30)
+    set_policy(proxy, mode="live", cutover_percent=100, audit_percent=0)
+    watched = WatchedStudent(proxy.runtime.students)
+    proxy.runtime.students = watched
+    vllm.delay = 5.0
+    started = time.monotonic()
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(
+            proxy.url + "/v1/chat/completions",
+            json={"model": "gpt-4o-mini", "messages": [SYSTEM, {"role": "user", "content": "x"}]},
+            headers={"x-stillroom-task": TASK},
+            timeout=0.5,
+        )
+    assert watched.cancelled.wait(5), "the student call went on without a client"
+    assert time.monotonic() - started < 3.0
+    [exchange] = stored_exchanges(proxy.engine, 1)
+    assert (exchange.served_by, exchange.status, exchange.http_status) == (
+        "student",
+        "aborted",
+        499,
+    )
+    wait_until(lambda: proxy.runtime.metrics.client_disconnects._value.get() == 1)
+    assert teacher.chat_requests() == [], "no fallback for a client that left"
 
 
 def test_a_live_tasks_teacher_share_outside_the_cutover_is_shadowed(
@@ -304,10 +384,7 @@ def test_policy_change_through_one_replica_reaches_the_other_within_two_seconds(
         json={"mode": "live", "cutover_percent": 100, "audit_percent": 0},
     )
     assert response.status_code == 200
-    changed = time.monotonic()
-    while ask(second).headers["x-stillroom-served-by"] != "student":
-        assert time.monotonic() - changed < 2.0, "the second replica kept the old policy"
-        time.sleep(0.05)
+    wait_until(lambda: ask(second).headers["x-stillroom-served-by"] == "student", timeout=2.0)
 
 
 def test_task_summary_shows_who_served_live_agreement_and_savings(
@@ -324,7 +401,13 @@ def test_task_summary_shows_who_served_live_agreement_and_savings(
         return bool(stored and summary["live_agreement"]["audit"]["pairs"] == 4)
 
     wait_until(audited, timeout=10)
+    exchanges = stored_exchanges(proxy.engine, 8)
     summary = httpx.get(proxy.url + f"/admin/tasks/{TASK}").json()
-    assert summary["served_by"]["student"] == 4
+    assert summary["served_by"] == {"student": 4}, "audits are not requests"
+    assert summary["exchanges"] == {"total": 4, "ok": 4}
     assert summary["live_agreement"]["audit"]["agreement"] == 1.0
     assert summary["savings_usd"] > 0
+    audit_cost = sum(e.cost_usd or 0.0 for e in exchanges if e.origin == "audit")
+    assert audit_cost > 0
+    assert summary["audits"] == {"exchanges": 4, "cost_usd": pytest.approx(audit_cost)}
+    assert summary["cost_usd"] == pytest.approx(sum(e.cost_usd or 0.0 for e in exchanges))

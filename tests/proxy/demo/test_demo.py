@@ -52,6 +52,7 @@ def report(demo: Path) -> dict[str, Any]:
 
 
 def stored(demo: Path) -> tuple[list[Exchange], set[str | None]]:
+    """The task's complete exchanges, and the ids of those scored as audits."""
     engine = create_store_engine(f"sqlite:///{demo / 'stillroom.db'}")
     try:
         with Session(engine) as session:
@@ -60,20 +61,20 @@ def stored(demo: Path) -> tuple[list[Exchange], set[str | None]]:
                     select(Exchange).where(Exchange.task == TASK, Exchange.status == "ok")
                 ).all()
             )
-            audits = set(
+            audited = set(
                 session.exec(
                     select(ShadowResult.exchange_id).where(ShadowResult.kind == "audit")
                 ).all()
             )
-        return exchanges, audits
+        return exchanges, audited
     finally:
         engine.dispose()
 
 
 def test_the_report_counts_what_the_store_holds(demo: Path) -> None:
     figures = report(demo)
-    exchanges, audits = stored(demo)
-    requests = [e for e in exchanges if e.id not in audits]
+    exchanges, _ = stored(demo)
+    requests = [e for e in exchanges if e.origin == "client"]
     assert figures["requests"] == len(requests)
     assert figures["audits"] == len(exchanges) - len(requests)
     for served_by in ("teacher", "student", "fallback"):
@@ -89,6 +90,14 @@ def test_the_report_counts_what_the_store_holds(demo: Path) -> None:
         else:
             teacher_only += e.cost_usd or 0.0
     assert figures["teacher_only_usd"] == pytest.approx(teacher_only)
+
+
+def test_audit_calls_are_stored_as_audits_not_requests(demo: Path) -> None:
+    exchanges, audited = stored(demo)
+    audits = {e.id for e in exchanges if e.origin == "audit"}
+    assert audited <= audits, "every scored audit's teacher call is an audit exchange"
+    assert {e.origin for e in exchanges} <= {"client", "audit"}
+    assert all(e.served_by == "teacher" for e in exchanges if e.origin == "audit")
 
 
 def test_the_student_takes_the_traffic_over_and_the_cost_curve_bends(demo: Path) -> None:

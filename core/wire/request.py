@@ -1,18 +1,13 @@
-"""Pydantic models of the OpenAI chat completions wire format.
-
-Every model allows extra fields: clients send parameters this code does not know about,
-and the proxy passes them on untouched. Only what routing and capture read is declared.
-"""
+"""What a client sends to ``POST /v1/chat/completions``: only what routing and capture
+read is declared, everything else is kept as an extra field and passed on."""
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-
-class WireModel(BaseModel):
-    model_config = ConfigDict(extra="allow")
+from core.wire.base import WireModel
 
 
 class FunctionCall(WireModel):
@@ -69,42 +64,3 @@ def message_text(message: ChatMessage) -> str:
     return "".join(
         str(part.get("text", "")) for part in message.content if part.get("type") == "text"
     )
-
-
-class PromptTokensDetails(WireModel):
-    cached_tokens: int | None = None
-
-
-class Usage(WireModel):
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    total_tokens: int = 0
-    prompt_tokens_details: PromptTokensDetails | None = None
-
-    @property
-    def cached_tokens(self) -> int:
-        details = self.prompt_tokens_details
-        return (details.cached_tokens or 0) if details else 0
-
-
-class AssistantMessage(WireModel):
-    role: Literal["assistant"] = "assistant"
-    content: str | None = None
-    refusal: str | None = None
-    tool_calls: list[ToolCall] | None = None
-
-
-class Choice(WireModel):
-    index: int
-    message: AssistantMessage
-    finish_reason: str | None = None
-    logprobs: dict[str, Any] | None = None
-
-
-class ChatCompletion(WireModel):
-    id: str
-    object: Literal["chat.completion"] = "chat.completion"
-    created: int
-    model: str
-    choices: list[Choice]
-    usage: Usage | None = None

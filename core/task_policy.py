@@ -1,0 +1,55 @@
+"""What one task is held to: each setting, unless the task overrides it.
+
+Routing, calibration, the publish gate, auto-ramp and drift all read a task's figures from
+:func:`effective_policy`, so that an override set on a task (``PATCH /admin/tasks/{task}``)
+means the same to each of them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from core.settings import Settings
+from core.tables import StudentVersion, Task
+
+
+@dataclass(frozen=True, slots=True)
+class TaskPolicy:
+    """A task's effective figures."""
+
+    target_agreement: float
+    """Agreement the student must reach on what it answers: calibration aims at it, the
+    publish gate and auto-ramp hold a version to it."""
+    publish_min_share: float
+    """Held-out share a version must answer at the target to be published."""
+    confidence_threshold: float | None
+    """The task's own threshold; None: each version's calibrated one."""
+    shadow_percent: float
+    audit_percent: float
+    auto_ramp: bool
+    ramp_min_pairs: int
+    drift_agreement_floor: float
+    """Window agreement below which a live task steps down: the setting, but never above
+    the task's target (a task that asks for 80% is not in drift at 84%)."""
+
+    def threshold_for(self, version: StudentVersion | None) -> float | None:
+        """The confidence at or above which ``version`` answers for this task."""
+        if self.confidence_threshold is not None:
+            return self.confidence_threshold
+        return version.confidence_threshold if version is not None else None
+
+
+def effective_policy(task: Task | None, settings: Settings) -> TaskPolicy:
+    """``task``'s policy under ``settings`` (a task not stored yet gets the settings')."""
+    row = task if task is not None else Task(name="")
+    target = settings.target_agreement if row.target_agreement is None else row.target_agreement
+    return TaskPolicy(
+        target_agreement=target,
+        publish_min_share=settings.publish_min_share,
+        confidence_threshold=row.confidence_threshold,
+        shadow_percent=row.shadow_percent,
+        audit_percent=row.audit_percent,
+        auto_ramp=row.auto_ramp,
+        ramp_min_pairs=settings.ramp_min_pairs,
+        drift_agreement_floor=min(settings.drift_agreement_floor, target),
+    )

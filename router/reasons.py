@@ -1,0 +1,43 @@
+"""Who answers a request, and why: each routing reason declared once.
+
+These are the values of ``X-Stillroom-Served-By`` and of the ``reason`` label of
+``stillroom_routing_decisions_total``. The eligibility rules, the output gate and the
+students name their reasons as plain strings; :func:`as_ineligible` and
+:func:`as_output_problem` check each against this list, so a reason added in one place and
+not here fails the router's tests, not a dashboard.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, cast, get_args
+
+ServedBy = Literal["teacher", "student", "fallback"]
+
+# The teacher answers without the student being asked.
+Ineligible = Literal["n", "tools", "media", "response_format", "model", "too_long"]
+NotAsked = Literal["no_student", "off", "shadow", "cutover", "difficult", Ineligible]
+
+# The student was asked; its answer was not good enough to serve (the teacher falls back).
+Declined = Literal["unfamiliar"]
+OutputProblem = Literal["empty", "invalid_json", "schema_mismatch"]
+Escalation = Literal["student_error", "low_confidence", Declined, OutputProblem]
+
+RoutingReason = Literal["student", NotAsked, Escalation]
+
+REASONS: frozenset[str] = frozenset(get_args(RoutingReason))
+
+
+def as_ineligible(value: str) -> Ineligible:
+    """An eligibility rule's reason (``router.eligibility``), checked."""
+    return cast(Ineligible, _declared(value, Ineligible))
+
+
+def as_output_problem(value: str) -> OutputProblem:
+    """The output gate's reason (``router.gates.output_problem``), checked."""
+    return cast(OutputProblem, _declared(value, OutputProblem))
+
+
+def _declared(value: str, kind: Any) -> str:
+    if value not in get_args(kind):
+        raise ValueError(f"{value!r} is not a routing reason declared in router.reasons")
+    return value

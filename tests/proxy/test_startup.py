@@ -1,0 +1,32 @@
+"""Start-up against the store's schema: a store this build cannot use stops it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+import sqlalchemy as sa
+from prometheus_client import CollectorRegistry
+
+from core.errors import StoreSchemaError
+from core.settings import Settings
+from core.store import create_store_engine, create_tables
+from proxy.app import create_app
+
+
+async def test_proxy_does_not_start_on_a_store_newer_than_the_build(
+    make_settings: Callable[..., Settings],
+) -> None:
+    settings = make_settings()
+    engine = create_store_engine(settings.database_url)
+    try:
+        create_tables(engine)
+        with engine.begin() as connection:
+            connection.execute(sa.text("UPDATE alembic_version SET version_num = '0099_future'"))
+    finally:
+        engine.dispose()
+    app = create_app(settings, registry=CollectorRegistry())
+
+    with pytest.raises(StoreSchemaError, match=r"'0099_future'.*Upgrade stillroom"):
+        async with app.router.lifespan_context(app):
+            pass
