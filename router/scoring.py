@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
@@ -102,14 +103,20 @@ class Scorer:
         self.metrics = metrics
         self.similarity = similarity
         self.text_threshold = text_threshold
-        self._queue: asyncio.Queue[ScoringJob] = asyncio.Queue(maxsize=queue_size)
+        # Audits first: each is one live answer's only check, while shadow pairs are
+        # plentiful; behind a backlog of shadow jobs, audits would wait for minutes.
+        self._queue: asyncio.PriorityQueue[tuple[int, int, ScoringJob]] = asyncio.PriorityQueue(
+            maxsize=queue_size
+        )
+        self._submitted = itertools.count()
         self._workers = workers
         self._tasks: list[asyncio.Task[None]] = []
 
     def submit(self, job: ScoringJob) -> bool:
         """Queue a job; False (and counted) when the queue is full."""
         try:
-            self._queue.put_nowait(job)
+            priority = 0 if job.kind == "audit" else 1
+            self._queue.put_nowait((priority, next(self._submitted), job))
         except asyncio.QueueFull:
             self.metrics.scoring_dropped.labels(kind=job.kind).inc()
             return False
@@ -135,7 +142,7 @@ class Scorer:
 
     async def _work(self) -> None:
         while True:
-            job = await self._queue.get()
+            _, _, job = await self._queue.get()
             try:
                 await self._score(job)
             except Exception:

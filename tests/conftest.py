@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from core.settings import Settings
 from core.store import create_store_engine
 from distiller.tiny_model import build_tiny_model
-from proxy.app import create_app
+from proxy.processes.app import create_app
 
 from fakes.teacher import FakeTeacher
 from servers import ServerThread

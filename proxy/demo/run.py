@@ -37,7 +37,7 @@ from proxy.demo import report
 from proxy.demo.teacher import IntentTeacher, Latency, create_teacher_app, system_prompt
 from proxy.demo.traffic import TASK, App
 from proxy.demo.view import State, render
-from proxy.processes import settings_environment
+from proxy.processes.servers import settings_environment
 
 console = Console()
 
@@ -164,7 +164,7 @@ class _Demo:
             k: v for k, v in os.environ.items() if not k.startswith("STILLROOM_")
         } | settings_environment(settings)
         log = (self.directory / "serve.log").open("wb")
-        command = [sys.executable, "-c", "from proxy.cli import main; main()", "serve"]
+        command = [sys.executable, "-c", "from proxy.cli.main import main; main()", "serve"]
         return subprocess.Popen(command, env=environment, stdout=log, stderr=subprocess.STDOUT)
 
     async def _drive(

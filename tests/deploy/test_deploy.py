@@ -26,7 +26,7 @@ import typer.main
 import yaml
 
 from core.settings import Settings, load_settings
-from proxy.cli import app
+from proxy.cli.main import app
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"

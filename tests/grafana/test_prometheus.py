@@ -15,7 +15,7 @@ import openai
 import pytest
 
 from core.settings import Settings
-from proxy.distiller_app import create_distiller_app
+from proxy.processes.distiller_app import create_distiller_app
 
 from conftest import RunningProxy
 from dashboards_support import PanelQuery, PrometheusServer, committed_dashboards, panel_queries

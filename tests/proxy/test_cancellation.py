@@ -12,7 +12,7 @@ from starlette.responses import Response
 
 from core.errors import InvalidRequestError
 from core.metrics import Metrics
-from proxy.cancellation import cancelled_on_disconnect
+from proxy.gateway.cancellation import cancelled_on_disconnect
 
 
 class Client:

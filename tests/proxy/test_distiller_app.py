@@ -19,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from core.settings import Settings
 from core.store import create_store_engine, create_tables, insert_exchanges, queue_training
 from core.tables import ExchangeCreate
-from proxy.distiller_app import create_distiller_app
+from proxy.processes.distiller_app import create_distiller_app
 
 from servers import ServerThread, free_port, wait_until
 

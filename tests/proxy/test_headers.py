@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from proxy.headers import RawHeaders, client_response_headers, teacher_request_headers
+from proxy.gateway.headers import RawHeaders, client_response_headers, teacher_request_headers
 
 CLIENT_END_TO_END: RawHeaders = [
     (b"Content-Type", b"application/json"),

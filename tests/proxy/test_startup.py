@@ -11,7 +11,7 @@ from prometheus_client import CollectorRegistry
 from core.errors import StoreSchemaError
 from core.settings import Settings
 from core.store import create_store_engine, create_tables
-from proxy.app import create_app
+from proxy.processes.app import create_app
 
 
 async def test_proxy_does_not_start_on_a_store_newer_than_the_build(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from proxy.streaming import EventSplitter, StreamAssembler, event_data
+from proxy.gateway.streaming import EventSplitter, StreamAssembler, event_data
 
 from wire_schema import validate_chat_chunk, validate_chat_completion
 

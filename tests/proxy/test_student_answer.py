@@ -14,7 +14,7 @@ from openai.types.chat import ChatCompletionChunk as SdkChunk
 
 from core.classifier import Prediction
 from core.wire import ChatCompletionRequest
-from proxy.routing import client_view, completion_events
+from proxy.gateway.routing import client_view, completion_events
 from router.classifier import completion as classifier_completion
 from router.student import StudentReply
 

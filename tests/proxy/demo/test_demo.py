@@ -30,7 +30,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     command = [
         sys.executable,
         "-c",
-        "from proxy.cli import main; main()",
+        "from proxy.cli.main import main; main()",
         "demo",
         "--fast",
         "--no-keep-serving",

@@ -25,12 +25,12 @@ from core.wire import (
     completion_chunks,
     sse,
 )
-from proxy.headers import RawHeaders
-from proxy.recording import ExchangeRecorder
-from proxy.runtime import Runtime
-from proxy.teacher_call import call_teacher
+from proxy.gateway.headers import RawHeaders
+from proxy.gateway.recording import ExchangeRecorder
+from proxy.gateway.runtime import Runtime
+from proxy.gateway.teacher_call import call_teacher
 from router.bucketing import ROUTE_KEY_HEADER
-from router.route import Outcome, Router
+from router.route import Outcome
 from router.scoring import AskTeacher, AuditScoring, TeacherAnswer
 from router.student import StudentReply
 
@@ -51,15 +51,9 @@ async def route(
 ) -> Outcome:
     """The router's outcome for this request. The router awaits only the student and the
     work done for it: a client that leaves meanwhile is recorded as leaving the student."""
-    router = Router(
-        students=runtime.students,
-        embedder=runtime.classifiers,
-        difficulty=runtime.difficulty,
-        metrics=runtime.metrics,
-    )
     policy = runtime.policies.get(recorder.task.name)
     with recorder.aborted_if_cancelled("student"):
-        return await router.route(
+        return await runtime.router.route(
             policy, chat, payload, route_key_header=request.headers.get(ROUTE_KEY_HEADER)
         )
 

@@ -53,11 +53,14 @@ def run_proxy(settings: Settings, *, workers: int = 1, distiller: bool = False) 
         os.environ.update(settings_environment(settings))
         with _metrics_shared_by_workers():
             uvicorn.run(
-                "proxy.app:create_app_from_environment", factory=True, workers=workers, **options
+                "proxy.processes.app:create_app_from_environment",
+                factory=True,
+                workers=workers,
+                **options,
             )
         return
     reset_multiprocess_directory()
-    from proxy.app import create_app
+    from proxy.processes.app import create_app
 
     uvicorn.run(create_app(settings, distiller=distiller), **options)
 
@@ -132,7 +135,7 @@ def run_student(settings: Settings, *, host: str, port: int) -> None:
 def run_distiller(settings: Settings, *, host: str, port: int) -> None:
     """``stillroom distiller``: the scheduler, training, drift checks and adapter sync,
     with ``/metrics`` and ``/healthz`` on ``host:port``."""
-    from proxy.distiller_app import create_distiller_app
+    from proxy.processes.distiller_app import create_distiller_app
 
     reset_multiprocess_directory()
     uvicorn.run(create_distiller_app(settings), **_uvicorn_options(settings, host, port))

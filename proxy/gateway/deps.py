@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from core.errors import AuthenticationError
-from proxy.runtime import Runtime
+from proxy.gateway.runtime import Runtime
 
 
 def get_runtime(request: Request) -> Runtime:

@@ -21,7 +21,7 @@ from core.metrics import Metrics
 from core.settings import Settings
 from core.tables import ExchangeCreate
 from core.tasks import TaskRef
-from proxy.capture import CaptureWriter
+from proxy.gateway.capture import CaptureWriter
 from router.reasons import ServedBy
 
 # Status nginx uses for "client closed request"; nobody is left to read it.

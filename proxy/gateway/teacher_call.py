@@ -19,10 +19,10 @@ import httpx
 import orjson
 
 from core.errors import StillroomError
-from proxy.headers import RawHeaders, client_response_headers
-from proxy.recording import ExchangeRecorder, Status
-from proxy.streaming import EventSplitter, StreamAssembler
-from proxy.teacher import CHAT_PATH, Teacher
+from proxy.gateway.headers import RawHeaders, client_response_headers
+from proxy.gateway.recording import ExchangeRecorder, Status
+from proxy.gateway.streaming import EventSplitter, StreamAssembler
+from proxy.gateway.teacher import CHAT_PATH, Teacher
 from router.reasons import ServedBy
 
 OnAnswer = Callable[[dict[str, Any]], None]

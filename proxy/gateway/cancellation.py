@@ -20,7 +20,7 @@ from starlette.responses import Response
 
 from core.errors import StillroomError
 from core.metrics import Metrics
-from proxy.recording import CLIENT_CLOSED
+from proxy.gateway.recording import CLIENT_CLOSED
 
 
 async def cancelled_on_disconnect(

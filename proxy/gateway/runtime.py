@@ -10,11 +10,12 @@ from sqlalchemy.engine import Engine
 from core.metrics import Metrics
 from core.settings import Settings
 from distiller.backends import StudentBackend
-from proxy.capture import CaptureWriter
-from proxy.teacher import Teacher
+from proxy.gateway.capture import CaptureWriter
+from proxy.gateway.teacher import Teacher
 from router.classifier import ClassifierStudent
 from router.difficulty import DifficultyGate
 from router.policy import PolicyCache
+from router.route import Router
 from router.scoring import Scorer
 from router.student import Student
 
@@ -33,6 +34,7 @@ class Runtime:
     classifiers: ClassifierStudent
     scorer: Scorer
     difficulty: DifficultyGate | None
+    router: Router
 
     @property
     def teacher_key(self) -> str | None:

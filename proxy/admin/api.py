@@ -28,9 +28,9 @@ from core.tables import Mode, Task
 from core.transitions import change_mode, lock_task
 from distiller import registry
 from distiller.curation import CurationConfig, curate
-from proxy.deps import RuntimeDep
-from proxy.reports import task_summary, task_transitions, version_public
-from proxy.runtime import Runtime
+from proxy.admin.reports import task_summary, task_transitions, version_public
+from proxy.gateway.deps import RuntimeDep
+from proxy.gateway.runtime import Runtime
 
 _LOOPBACK = {"127.0.0.1", "::1", "localhost"}
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -18,19 +19,18 @@ from core.metrics import Metrics, forget_dead_processes, leave_multiprocess
 from core.settings import Settings, load_settings
 from core.store import create_store_engine, create_tables
 from distiller.backends import DEFAULT_EMBEDDED_URL, create_student_backend
-from distiller.pipeline import Pipeline
-from distiller.scheduler import Distiller
-from proxy import admin, ops
-from proxy.capture import CaptureWriter
-from proxy.errors import install_error_handlers
-from proxy.routes import install_openai_routes
-from proxy.runtime import Runtime
-from proxy.teacher import Teacher, create_teacher_http_client
+from proxy.admin import api as admin
+from proxy.gateway import ops
+from proxy.gateway.capture import CaptureWriter
+from proxy.gateway.errors import install_error_handlers
+from proxy.gateway.routes import install_openai_routes
+from proxy.gateway.runtime import Runtime
+from proxy.gateway.teacher import Teacher, create_teacher_http_client
+from proxy.processes.distiller_app import distiller_work
 from router.classifier import ClassifierStudent
 from router.difficulty import DifficultyGate
-from router.drift import DriftMonitor, drift_loop
-from router.periodic import Periodic
 from router.policy import PolicyCache
+from router.route import Router
 from router.scoring import Scorer
 from router.student import StudentClient, Students
 
@@ -53,15 +53,20 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         runtime = await _start(settings, teacher_transport, registry)
         app.state.runtime = runtime
-        scheduler = start_distiller(runtime) if distiller else None
-        drift = start_drift_checks(runtime) if distiller else None
         try:
-            yield
+            async with contextlib.AsyncExitStack() as stack:
+                if distiller:
+                    await stack.enter_async_context(
+                        distiller_work(
+                            settings=settings,
+                            engine=runtime.engine,
+                            backend=runtime.student_backend,
+                            metrics=runtime.metrics,
+                            keep_adapters_loaded=False,
+                        )
+                    )
+                yield
         finally:
-            if scheduler is not None:
-                scheduler.stop()
-            if drift is not None:
-                await drift.close()
             await _stop(runtime)
 
     app = FastAPI(
@@ -133,6 +138,7 @@ async def _start(
     await scorer.start()
     policies = PolicyCache(
         engine,
+        settings=settings,
         ttl=settings.policy_refresh_seconds,
         metrics=metrics,
         prepare=classifiers.prepare,
@@ -147,6 +153,9 @@ async def _start(
             min_agreement=settings.difficulty_min_agreement,
         )
     return Runtime(
+        router=Router(
+            students=students, embedder=classifiers, difficulty=difficulty, metrics=metrics
+        ),
         difficulty=difficulty,
         policies=policies,
         students=students,
@@ -160,34 +169,6 @@ async def _start(
         teacher=teacher,
         capture=capture,
     )
-
-
-def start_distiller(runtime: Runtime) -> Distiller:
-    """The distiller's scheduler on this process's event loop."""
-    pipeline = Pipeline(
-        settings=runtime.settings,
-        engine=runtime.engine,
-        backend=runtime.student_backend,
-        encoder=Encoder(runtime.settings.embedding_model),
-        metrics=runtime.metrics,
-    )
-    distiller = Distiller(pipeline)
-    distiller.start()
-    return distiller
-
-
-def start_drift_checks(runtime: Runtime) -> Periodic:
-    """Drift checks of live and shadow tasks (one process per deployment runs them: the
-    distiller, or ``serve``)."""
-    monitor = DriftMonitor(
-        engine=runtime.engine,
-        encoder=Encoder(runtime.settings.embedding_model),
-        settings=runtime.settings,
-        metrics=runtime.metrics,
-    )
-    loop = drift_loop(monitor, runtime.settings.drift_check_seconds)
-    loop.start()
-    return loop
 
 
 async def _stop(runtime: Runtime) -> None:

@@ -45,35 +45,23 @@ def create_distiller_app(
         engine = create_store_engine(settings.database_url)
         await asyncio.to_thread(create_tables, engine)
         async with httpx.AsyncClient(timeout=httpx.Timeout(60.0, connect=5.0)) as client:
-            backend = create_student_backend(settings, client)
-            pipeline = Pipeline(
+            work = distiller_work(
                 settings=settings,
                 engine=engine,
-                backend=backend,
-                encoder=Encoder(settings.embedding_model),
+                backend=create_student_backend(settings, client),
                 metrics=metrics,
+                keep_adapters_loaded=True,
             )
-            distiller = Distiller(pipeline)
-            distiller.start()
-            monitor = DriftMonitor(
-                engine=engine, encoder=pipeline.encoder, settings=settings, metrics=metrics
-            )
-            drift = drift_loop(monitor, settings.drift_check_seconds)
-            drift.start()
-            adapters = asyncio.create_task(_keep_adapters_loaded(engine, backend))
-            log.info(
-                "distiller running: looking for tasks every %ss", settings.distill_interval_seconds
-            )
-            try:
-                yield
-            finally:
-                adapters.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await adapters
-                distiller.stop()
-                await drift.close()
-                engine.dispose()
-                leave_multiprocess()
+            async with work:
+                log.info(
+                    "distiller running: looking for tasks every %ss",
+                    settings.distill_interval_seconds,
+                )
+                try:
+                    yield
+                finally:
+                    engine.dispose()
+                    leave_multiprocess()
 
     return Starlette(
         routes=[
@@ -82,6 +70,49 @@ def create_distiller_app(
         ],
         lifespan=lifespan,
     )
+
+
+@asynccontextmanager
+async def distiller_work(
+    *,
+    settings: Settings,
+    engine: Engine,
+    backend: StudentBackend,
+    metrics: Metrics,
+    keep_adapters_loaded: bool,
+) -> AsyncIterator[Distiller]:
+    """The distiller's work, composed once for ``stillroom distiller`` and ``serve``: the
+    training scheduler, drift checks of live and shadow tasks (one process per deployment
+    runs them), and, with ``keep_adapters_loaded``, re-loading active adapters into a
+    student server that restarted."""
+    pipeline = Pipeline(
+        settings=settings,
+        engine=engine,
+        backend=backend,
+        encoder=Encoder(settings.embedding_model),
+        metrics=metrics,
+    )
+    distiller = Distiller(pipeline)
+    distiller.start()
+    monitor = DriftMonitor(
+        engine=engine, encoder=pipeline.encoder, settings=settings, metrics=metrics
+    )
+    drift = drift_loop(monitor, settings.drift_check_seconds)
+    drift.start()
+    adapters = (
+        asyncio.create_task(_keep_adapters_loaded(engine, backend))
+        if keep_adapters_loaded
+        else None
+    )
+    try:
+        yield distiller
+    finally:
+        if adapters is not None:
+            adapters.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await adapters
+        distiller.stop()
+        await drift.close()
 
 
 async def _healthz(request: Request) -> JSONResponse:

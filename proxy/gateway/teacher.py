@@ -10,7 +10,7 @@ import httpx
 from core.errors import TeacherError, TeacherTimeoutError, TeacherUnreachableError
 from core.metrics import Metrics
 from core.settings import Settings
-from proxy.headers import RawHeaders
+from proxy.gateway.headers import RawHeaders
 
 CHAT_PATH = "/v1/chat/completions"
 

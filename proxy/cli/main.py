@@ -1,4 +1,4 @@
-"""The ``stillroom`` command line: servers here, admin commands in ``proxy.cli_admin``."""
+"""The ``stillroom`` command line: servers here, admin commands in ``proxy.cli.admin``."""
 
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ from core.errors import ConfigurationError, StoreSchemaError
 from core.migrations import BASELINE, SchemaStatus
 from core.settings import Settings, load_settings, settings_reference
 from core.store import create_store_engine, create_tables, schema_status
-from proxy import cli_admin
+from proxy.cli import admin as cli_admin
 
-# proxy.processes (the servers) is imported by the commands that run one: it brings torch,
+# proxy.processes.servers (the servers) is imported by the commands that run one: it brings torch,
 # which the admin commands have no use for.
 
 app = typer.Typer(
@@ -41,9 +41,9 @@ ConfigOption = Annotated[
 
 def _settings(config: Path | None, **overrides: object) -> Settings:
     settings = _load_settings(config, **overrides)
-    from proxy import processes
+    from proxy.processes import servers
 
-    processes.configure_logging(settings)
+    servers.configure_logging(settings)
     return settings
 
 
@@ -66,9 +66,9 @@ def serve(
 ) -> None:
     """Run everything in one process on embedded defaults: proxy, distiller, student server."""
     settings = _settings(config, host=host, port=port)
-    from proxy import processes
+    from proxy.processes import servers
 
-    processes.run_everything(settings, student_port=student_port or settings.port + 1)
+    servers.run_everything(settings, student_port=student_port or settings.port + 1)
 
 
 @app.command()
@@ -79,9 +79,9 @@ def proxy(
     workers: Annotated[int, typer.Option(help="Worker processes.", min=1)] = 1,
 ) -> None:
     """Run the proxy alone (stateless; run several behind a load balancer)."""
-    from proxy import processes
+    from proxy.processes import servers
 
-    processes.run_proxy(_settings(config, host=host, port=port), workers=workers)
+    servers.run_proxy(_settings(config, host=host, port=port), workers=workers)
 
 
 @app.command()
@@ -91,9 +91,9 @@ def student(
     config: ConfigOption = None,
 ) -> None:
     """Run the embedded student server alone (vLLM's HTTP API, on a CPU or one GPU)."""
-    from proxy import processes
+    from proxy.processes import servers
 
-    processes.run_student(_settings(config), host=host, port=port)
+    servers.run_student(_settings(config), host=host, port=port)
 
 
 @app.command()
@@ -103,9 +103,9 @@ def distiller(
     config: ConfigOption = None,
 ) -> None:
     """Run the distiller: train tasks as pairs accumulate, publish what passes the gate."""
-    from proxy import processes
+    from proxy.processes import servers
 
-    processes.run_distiller(_settings(config), host=host, port=port)
+    servers.run_distiller(_settings(config), host=host, port=port)
 
 
 @app.command()

@@ -10,8 +10,8 @@ import httpx
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from proxy.headers import client_response_headers, teacher_request_headers
-from proxy.runtime import Runtime
+from proxy.gateway.headers import client_response_headers, teacher_request_headers
+from proxy.gateway.runtime import Runtime
 
 log = logging.getLogger("stillroom.proxy")
 

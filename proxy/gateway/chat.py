@@ -17,13 +17,19 @@ from starlette.responses import Response, StreamingResponse
 
 from core.tasks import TASK_HEADER, identify_task
 from core.wire import ChatCompletionRequest
-from proxy.body import parse_chat_request, parse_json_object, read_body
-from proxy.cancellation import cancelled_on_disconnect
-from proxy.headers import RawHeaders, teacher_request_headers
-from proxy.recording import ExchangeRecorder
-from proxy.routing import outcome_headers, route, shadow_hook, student_response, submit_audit
-from proxy.runtime import Runtime
-from proxy.teacher_call import StreamedAnswer, call_teacher
+from proxy.gateway.body import parse_chat_request, parse_json_object, read_body
+from proxy.gateway.cancellation import cancelled_on_disconnect
+from proxy.gateway.headers import RawHeaders, teacher_request_headers
+from proxy.gateway.recording import ExchangeRecorder
+from proxy.gateway.routing import (
+    outcome_headers,
+    route,
+    shadow_hook,
+    student_response,
+    submit_audit,
+)
+from proxy.gateway.runtime import Runtime
+from proxy.gateway.teacher_call import StreamedAnswer, call_teacher
 from router.route import Outcome
 
 

@@ -11,7 +11,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.responses import Response
 
 from core.store import ping
-from proxy.deps import RuntimeDep
+from proxy.gateway.deps import RuntimeDep
 
 router = APIRouter(include_in_schema=False)
 

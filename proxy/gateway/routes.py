@@ -10,9 +10,9 @@ from fastapi import FastAPI
 from starlette.requests import Request
 from starlette.responses import Response
 
-from proxy.chat import chat_completions
-from proxy.deps import get_runtime, require_client_key
-from proxy.passthrough import pass_through
+from proxy.gateway.chat import chat_completions
+from proxy.gateway.deps import get_runtime, require_client_key
+from proxy.gateway.passthrough import pass_through
 
 _PASS_THROUGH_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
 

@@ -1,0 +1,1 @@
+"""The admin API (``/admin/*``) and the task reports it serves."""

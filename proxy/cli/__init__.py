@@ -1,0 +1,1 @@
+"""The ``stillroom`` command line: server commands and the admin API's client."""
