@@ -25,7 +25,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StrictFloat, StrictInt
 from starlette.exceptions import HTTPException
 
 from core.wire import (
@@ -83,12 +83,12 @@ def _not_found(message: str) -> StudentServerError:
 class StudentChatRequest(ChatCompletionRequest):
     """The sampling parameters this server reads, on top of the shared wire model."""
 
-    max_tokens: int | None = Field(default=None, ge=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
-    temperature: float | None = Field(default=None, ge=0)
-    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    max_tokens: StrictInt | None = Field(default=None, ge=1)
+    max_completion_tokens: StrictInt | None = Field(default=None, ge=1)
+    temperature: StrictFloat | None = Field(default=None, ge=0)
+    top_logprobs: StrictInt | None = Field(default=None, ge=0, le=20)
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: StrictInt | None = None
 
 
 class LoadLoRAAdapterRequest(BaseModel):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, StrictBool, StrictFloat, StrictInt
 
 from core.wire.base import WireModel
 
@@ -30,21 +30,37 @@ class ChatMessage(WireModel):
 
 
 class StreamOptions(WireModel):
-    include_usage: bool | None = None
+    include_usage: StrictBool | None = None
 
 
 class ChatCompletionRequest(WireModel):
+    """Scalar parameters are strict. The body goes to the teacher as the client sent it,
+    so a ``"stream": "yes"`` that lax parsing reads as True here would reach the teacher as
+    a string, and the proxy would route and record a request the teacher sees otherwise.
+    OpenAI refuses such values with a 400 naming the field, and so does the proxy, before
+    the teacher is asked. A strict float still takes an int (``"temperature": 1``): JSON
+    has one kind of number."""
+
     model: str = Field(min_length=1)
     messages: list[ChatMessage] = Field(min_length=1)
-    stream: bool | None = None
+    stream: StrictBool | None = None
     stream_options: StreamOptions | None = None
-    n: int | None = Field(default=None, ge=1)
+    n: StrictInt | None = Field(default=None, ge=1)
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
     response_format: dict[str, Any] | None = None
-    logprobs: bool | None = None
-    top_logprobs: int | None = None
+    logprobs: StrictBool | None = None
+    top_logprobs: StrictInt | None = None
     user: str | None = None
+    # Not read by the proxy; declared only so that a wrong type is refused, not passed on.
+    temperature: StrictFloat | None = None
+    top_p: StrictFloat | None = None
+    presence_penalty: StrictFloat | None = None
+    frequency_penalty: StrictFloat | None = None
+    max_tokens: StrictInt | None = None
+    max_completion_tokens: StrictInt | None = None
+    seed: StrictInt | None = None
+    parallel_tool_calls: StrictBool | None = None
 
     def system_prompt(self) -> str:
         """The text of every system and developer message, in order."""

@@ -54,7 +54,13 @@ async def _answer(request: Request, runtime: Runtime, body: bytes, started: floa
         stream=bool(chat.stream),
         started=started,
     )
-    headers = teacher_request_headers(request.headers.raw, teacher_key=runtime.teacher_key)
+    # The teacher gets the body decoded (read_body undid any content-encoding), never the
+    # client's compressed bytes: the proxy may rewrite it (stream_options below), audits
+    # send one rebuilt from the payload with these same headers, and not every
+    # OpenAI-compatible teacher takes a compressed request body at all.
+    headers = teacher_request_headers(
+        request.headers.raw, teacher_key=runtime.teacher_key, decoded=True
+    )
     outcome = await route(request, runtime, chat, payload, recorder)
     if outcome.reply is not None:
         if outcome.audit is not None:

@@ -21,6 +21,11 @@ HOP_BY_HOP = frozenset(
 # Never sent upstream: set again by the HTTP client, or meant for stillroom only.
 _NOT_FORWARDED = frozenset({b"host", b"content-length", b"accept-encoding"})
 _OWN_PREFIX = b"x-stillroom-"
+# Never sent back: the server the proxy runs under (uvicorn, its date and server headers
+# on) adds its own to every answer, the proxy's own (errors, student answers) included, so
+# the teacher's would repeat them. The proxy's stay, not the teacher's, as nginx does by
+# default: the answer comes from the proxy, and a student's then looks like the teacher's.
+_NOT_RETURNED = frozenset({b"date", b"server"})
 
 RawHeaders = list[tuple[bytes, bytes]]
 
@@ -39,14 +44,18 @@ def teacher_request_headers(
     *,
     teacher_key: str | None,
     accept_encoding: bytes | None = None,
+    decoded: bool = False,
 ) -> RawHeaders:
     """Headers to send the teacher: the client's end-to-end headers, with its
     ``Authorization`` replaced by the server's teacher key when the server holds one.
 
     ``accept_encoding`` sets what the teacher may compress with; None lets the HTTP
-    client choose (it decompresses what it asked for).
+    client choose (it decompresses what it asked for). With ``decoded`` the proxy sends
+    the body it decompressed, so the client's ``content-encoding`` no longer holds.
     """
     dropped = HOP_BY_HOP | _NOT_FORWARDED | _connection_tokens(client_headers)
+    if decoded:
+        dropped |= {b"content-encoding"}
     headers: RawHeaders = []
     for name, value in client_headers:
         lower = name.lower()
@@ -64,9 +73,10 @@ def teacher_request_headers(
 
 def client_response_headers(teacher_headers: RawHeaders, *, decoded: bool) -> RawHeaders:
     """Headers to send the client: the teacher's end-to-end headers (``retry-after`` and
-    ``x-ratelimit-*`` included). With ``decoded`` the body was decompressed and may be
-    re-framed, so its ``content-encoding`` and ``content-length`` no longer hold."""
-    dropped = set(HOP_BY_HOP | _connection_tokens(teacher_headers))
+    ``x-ratelimit-*`` included) but ``date`` and ``server``, which the proxy's server sets.
+    With ``decoded`` the body was decompressed and may be re-framed, so its
+    ``content-encoding`` and ``content-length`` no longer hold."""
+    dropped = set(HOP_BY_HOP | _NOT_RETURNED | _connection_tokens(teacher_headers))
     if decoded:
         dropped |= {b"content-encoding", b"content-length"}
     return [(name.lower(), value) for name, value in teacher_headers if name.lower() not in dropped]

@@ -64,13 +64,17 @@ class StreamAssembler:
 
     With ``strip_usage`` (the proxy asked the teacher for usage the client did not ask
     for), :meth:`add` returns the event with usage removed, or None for the usage-only
-    chunk, so the client sees exactly the stream it asked for.
+    chunk, so the client sees exactly the stream it asked for. An event whose data is no
+    JSON object is returned as it came and kept in :attr:`malformed`.
     """
 
     def __init__(self, *, strip_usage: bool = False) -> None:
         self.strip_usage = strip_usage
         self.done = False
         self.error: dict[str, Any] | None = None
+        # The data of the first event that is no chunk (not a JSON object): the answer
+        # has a hole there, so what it reassembles is not the teacher's answer.
+        self.malformed: bytes | None = None
         self.usage: dict[str, Any] | None = None
         self._head: dict[str, Any] = {}
         self._choices: dict[int, _ChoiceState] = {}
@@ -86,8 +90,10 @@ class StreamAssembler:
         try:
             chunk = orjson.loads(data)
         except orjson.JSONDecodeError:
-            return event
+            chunk = None
         if not isinstance(chunk, dict):
+            if self.malformed is None:
+                self.malformed = data
             return event
         if "error" in chunk:
             self.error = chunk

@@ -4,7 +4,8 @@ and for an audit.
 
 A whole answer is recorded as soon as it is read; a stream is relayed event by event as
 it arrives and recorded, reassembled, when it ends. A call cancelled (the client went
-away) is recorded as aborted, a failed one as the error it raises.
+away) is recorded as aborted, a failed one as the error it raises, a stream with an event
+that is no chunk as an error.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import httpx
 import orjson
 
 from core.errors import StillroomError
+from core.wire import ErrorBody, sse
 from proxy.gateway.headers import RawHeaders, client_response_headers
 from proxy.gateway.recording import ExchangeRecorder, Status
 from proxy.gateway.streaming import EventSplitter, StreamAssembler
@@ -160,19 +162,20 @@ class _Relay:
 
     async def events(self, response: httpx.Response) -> AsyncIterator[bytes]:
         splitter = EventSplitter()
+        assembler = self.assembler
         outcome = "aborted"
         try:
             async for data in response.aiter_bytes():
                 if self.first_byte is None:
                     self.first_byte = time.perf_counter()
-                for event in splitter.feed(data):
-                    forwarded = self.assembler.add(event)
-                    if forwarded is not None:
-                        if self.first_chunk is None:
-                            self.first_chunk = time.perf_counter()
-                        yield forwarded
-            assembler = self.assembler
-            outcome = ("error" if assembler.error else "ok") if assembler.done else "cut"
+                for forwarded in self._take(splitter.feed(data)):
+                    yield forwarded
+                if assembler.malformed is not None:
+                    break
+            if assembler.malformed is not None:
+                outcome = "malformed"
+            else:
+                outcome = ("error" if assembler.error else "ok") if assembler.done else "cut"
         except httpx.TimeoutException:
             outcome = "timeout"
         except httpx.HTTPError:
@@ -181,11 +184,31 @@ class _Relay:
             with anyio.CancelScope(shield=True):
                 await response.aclose()
             self._record(outcome)
-        if outcome in ("cut", "timeout"):
+        if outcome in _FAILED:
+            # The proxy ends the stream at a malformed event too, so it counts as cut.
             self.recorder.metrics.teacher_failures.labels(
                 reason="timeout" if outcome == "timeout" else "stream_cut"
             ).inc()
-            yield _error_event(outcome)
+            yield sse(_stream_error(outcome, assembler.malformed))
+
+    def _take(self, events: list[bytes]) -> list[bytes]:
+        """What to forward of ``events``, up to and including a malformed one.
+
+        A malformed event is passed on as the teacher sent it, so a client fails on it as
+        it would talking to the teacher (the openai SDK raises there), and the relay stops
+        after it: the answer has a hole, and relaying the rest would hand a lenient client
+        an answer that ends with ``[DONE]`` and looks whole. The error event that follows
+        says why; the teacher's stream is closed, as nobody can use the rest of it."""
+        forwarded: list[bytes] = []
+        for event in events:
+            out = self.assembler.add(event)
+            if out is not None:
+                if self.first_chunk is None:
+                    self.first_chunk = time.perf_counter()
+                forwarded.append(out)
+            if self.assembler.malformed is not None:
+                break
+        return forwarded
 
     def _record(self, outcome: str) -> None:
         recorder = self.recorder
@@ -193,13 +216,17 @@ class _Relay:
             recorder.metrics.client_disconnects.inc()
         completion = self.assembler.completion()
         status: Status = "aborted"  # cut short, by the client or the teacher
+        response = self.assembler.error or completion
         if outcome in ("ok", "error"):
             status = "ok" if outcome == "ok" else "error"
+        elif outcome == "malformed":  # an answer with a hole: an error, never a pair
+            status = "error"
+            response = _stream_error(outcome, self.assembler.malformed).model_dump()
         recorder.record(
             served_by=self.served_by,
             status=status,
             http_status=200,
-            response=self.assembler.error or completion,
+            response=response,
             upstream_seconds=self.first_byte - self.started if self.first_byte else 0.0,
             first_chunk_seconds=self.first_chunk - recorder.started if self.first_chunk else None,
         )
@@ -212,21 +239,26 @@ def _is_event_stream(response: httpx.Response) -> bool:
     return response.status_code == 200 and content_type.startswith("text/event-stream")
 
 
-def _error_event(outcome: str) -> bytes:
-    message = (
-        "the teacher stopped sending before the answer was complete"
-        if outcome == "cut"
-        else "the teacher went silent for longer than the read timeout mid-answer"
-    )
-    error = {
-        "error": {
-            "message": message,
-            "type": "api_error",
-            "param": None,
-            "code": "teacher_stream_cut" if outcome == "cut" else "teacher_timeout",
-        }
-    }
-    return b"data: " + orjson.dumps(error) + b"\n\n"
+# How a relayed stream can fail, with the message and code of the error event that ends it.
+_FAILED = {
+    "cut": ("the teacher stopped sending before the answer was complete", "teacher_stream_cut"),
+    "timeout": (
+        "the teacher went silent for longer than the read timeout mid-answer",
+        "teacher_timeout",
+    ),
+    "malformed": (
+        "the teacher sent an event that is not a chat completion chunk, so the answer "
+        "is incomplete",
+        "teacher_stream_malformed",
+    ),
+}
+
+
+def _stream_error(outcome: str, malformed: bytes | None) -> ErrorBody:
+    message, code = _FAILED[outcome]
+    if malformed is not None:
+        message += f": {malformed[:200].decode('utf-8', 'replace')!r}"
+    return ErrorBody.of(message, error_type="api_error", code=code)
 
 
 def _decoded_headers(response: httpx.Response) -> RawHeaders:

@@ -5,7 +5,6 @@ it, and the migrations at head are exactly the models."""
 from __future__ import annotations
 
 import sqlite3
-import threading
 from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
@@ -34,6 +33,8 @@ from core.store import (
 )
 from core.tables import StudentHead, StudentVersion
 from router.policy import load_policies
+
+from store_support import race_create_tables
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 SQLITE_DUMP = FIXTURES / "store_683dfd0.sqlite.sql"
@@ -337,23 +338,3 @@ def test_revisions_are_numbered_files_in_one_line() -> None:
     for revision in oldest_first:
         assert Path(revision.path).stem == revision.revision
     assert script.get_heads() == [migrations.head()]
-
-
-def race_create_tables(engines: list[sa.Engine]) -> list[BaseException]:
-    """Call create_tables on every engine at the same moment; return what they raised."""
-    barrier = threading.Barrier(len(engines))
-    errors: list[BaseException] = []
-
-    def create(engine: sa.Engine) -> None:
-        try:
-            barrier.wait(timeout=10)
-            create_tables(engine)
-        except BaseException as exc:
-            errors.append(exc)
-
-    threads = [threading.Thread(target=create, args=(engine,)) for engine in engines]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
-    return errors

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -24,6 +23,8 @@ from core.store import (
     normalise_database_url,
 )
 from core.tables import ExchangeCreate
+
+from store_support import race_create_tables
 
 T = TypeVar("T")
 
@@ -310,23 +311,3 @@ def empty_the_store(engine: sa.Engine) -> None:
     tables = sa.MetaData()
     tables.reflect(engine)
     tables.drop_all(engine)
-
-
-def race_create_tables(engines: list[sa.Engine]) -> list[BaseException]:
-    """Call create_tables on every engine at the same moment; return what they raised."""
-    barrier = threading.Barrier(len(engines))
-    errors: list[BaseException] = []
-
-    def create(engine: sa.Engine) -> None:
-        try:
-            barrier.wait(timeout=10)
-            create_tables(engine)
-        except BaseException as exc:
-            errors.append(exc)
-
-    threads = [threading.Thread(target=create, args=(engine,)) for engine in engines]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=30)
-    return errors

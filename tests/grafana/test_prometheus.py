@@ -54,6 +54,11 @@ class Stillroom:
                 extra_headers={"X-Stillroom-Task": task},
             )
 
+    def wait_for_mode(self, mode: str, task: str = TASK) -> None:
+        """Until the proxy's policy refresh has seen the task in ``mode``."""
+        series = f'stillroom_task_mode{{task="{task}",mode="{mode}"}} 1.0'
+        wait_until(lambda: series in httpx.get(self.proxy.url + "/metrics").text)
+
     def admin(self, method: str, path: str, **options: Any) -> Any:
         response = httpx.request(method, self.proxy.url + path, timeout=30, **options)
         assert response.status_code < 400, response.text
@@ -129,7 +134,7 @@ def exercise(stillroom: Stillroom) -> None:
     assert any(v["state"] == "published" for v in versions), versions
 
     stillroom.admin("PATCH", f"/admin/tasks/{TASK}", json={"mode": "shadow", "shadow_percent": 100})
-    time.sleep(1)  # a policy refresh
+    stillroom.wait_for_mode("shadow")
     stillroom.ask(20, offset=200)
     stillroom.admin(
         "PATCH",
@@ -141,7 +146,7 @@ def exercise(stillroom: Stillroom) -> None:
             "confidence_threshold": -1000,
         },
     )
-    time.sleep(1)
+    stillroom.wait_for_mode("live")
     stillroom.ask(40, offset=300)
 
 

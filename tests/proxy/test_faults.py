@@ -13,11 +13,12 @@ from llmock.scenarios import Fail, StreamFault
 from llmock.testing import LLMockServer
 
 from core.settings import Settings
+from distiller.curation import answer_of
 
 from conftest import RunningProxy
 from fakes.teacher import FakeTeacher, Fault
 from servers import free_port, stored_exchanges, wait_until
-from wire_schema import validate_error, validate_sse_stream
+from wire_schema import validate_chat_chunk, validate_error, validate_sse_stream
 
 MESSAGES = [{"role": "user", "content": "Cancel my subscription"}]
 
@@ -156,6 +157,42 @@ def test_stream_truncated_without_done_is_reported(
     assert exchange.status == "aborted"
 
 
+def test_malformed_chunk_mid_stream_ends_it_with_an_error_and_is_not_a_training_pair(
+    llmock_proxy: RunningProxy, llmock_server: LLMockServer
+) -> None:
+    llmock_server.state.scenarios.add(StreamFault("malformed", after_chunks=2))
+    events = _stream_body(llmock_proxy).split(b"\n\n")
+    assert events[-1] == b"", "every event is terminated"
+    *relayed, error_event = events[:-1]
+    good, malformed = relayed[:2], relayed[2]
+    for chunk in good:
+        validate_chat_chunk(json.loads(chunk.removeprefix(b"data: ")))
+    with pytest.raises(json.JSONDecodeError):  # passed on as the teacher sent it
+        json.loads(malformed.removeprefix(b"data: "))
+    assert len(relayed) == 3, "nothing after the malformed chunk, no [DONE]"
+    error = json.loads(error_event.removeprefix(b"data: "))
+    validate_error(error)
+    assert error["error"]["code"] == "teacher_stream_malformed"
+    [exchange] = stored_exchanges(llmock_proxy.engine, 1)
+    assert exchange.status == "error"
+    assert answer_of(exchange) == (None, "error")
+
+
+def test_sdk_fails_at_a_malformed_chunk_as_it_would_at_the_teacher(
+    llmock_proxy: RunningProxy, llmock_server: LLMockServer
+) -> None:
+    llmock_server.state.scenarios.add(StreamFault("malformed", after_chunks=2, times=2))
+    with openai.OpenAI(base_url=llmock_server.base_url("openai"), api_key="k") as direct:
+        stream = direct.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True)
+        with pytest.raises(json.JSONDecodeError):
+            list(stream)
+    stream = llmock_proxy.client().chat.completions.create(
+        model="gpt-4o-mini", messages=MESSAGES, stream=True
+    )
+    with pytest.raises(json.JSONDecodeError):
+        list(stream)
+
+
 def test_stream_stalled_past_the_read_timeout_is_reported(
     teacher: FakeTeacher,
     make_settings: Callable[..., Settings],
@@ -228,6 +265,64 @@ def test_bad_request_gets_a_clear_openai_error_and_never_reaches_the_teacher(
     assert fragment in response.json()["error"]["message"]
     assert response.json()["error"]["type"] == "invalid_request_error"
     assert teacher.chat_requests() == []
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("stream", "yes"),
+        ("stream", 1),
+        ("n", "2"),
+        ("n", True),
+        ("temperature", "0.5"),
+        ("top_p", "1"),
+        ("max_tokens", "10"),
+        ("max_tokens", 10.5),
+        ("max_completion_tokens", "10"),
+        ("logprobs", "true"),
+        ("top_logprobs", "2"),
+        ("seed", "7"),
+        ("stream_options", {"include_usage": "true"}),
+    ],
+)
+def test_wrong_type_python_would_coerce_gets_a_400_naming_the_field(
+    proxy: RunningProxy, teacher: FakeTeacher, field: str, value: object
+) -> None:
+    response = httpx.post(
+        proxy.url + "/v1/chat/completions",
+        json={"model": "gpt-4o-mini", "messages": MESSAGES, field: value},
+    )
+    assert response.status_code == 400
+    body = response.json()
+    validate_error(body)
+    assert body["error"]["type"] == "invalid_request_error"
+    param = "stream_options.include_usage" if field == "stream_options" else field
+    assert body["error"]["param"] == param
+    assert teacher.chat_requests() == []
+
+
+def test_numbers_of_the_right_kind_reach_the_teacher_as_sent(
+    proxy: RunningProxy, teacher: FakeTeacher
+) -> None:
+    sent = {
+        "model": "gpt-4o-mini",
+        "messages": MESSAGES,
+        "temperature": 1,  # an int where a float is expected: JSON has one kind of number
+        "top_p": 0.5,
+        "max_tokens": 10,
+        "n": 2,
+        "logprobs": True,
+        "stream": False,
+    }
+    body = json.dumps(sent).encode()
+    response = httpx.post(
+        proxy.url + "/v1/chat/completions",
+        content=body,
+        headers={"content-type": "application/json"},
+    )
+    assert response.status_code == 200
+    [received] = teacher.chat_requests()
+    assert received.body == body
 
 
 def test_body_over_the_limit_gets_413(

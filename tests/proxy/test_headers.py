@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import httpx
 import pytest
 
 from proxy.gateway.headers import RawHeaders, client_response_headers, teacher_request_headers
+
+from conftest import RunningProxy
+from fakes.teacher import FakeTeacher, Fault
 
 CLIENT_END_TO_END: RawHeaders = [
     (b"Content-Type", b"application/json"),
@@ -124,6 +130,22 @@ def test_accept_encoding_override_is_sent_upstream() -> None:
     assert values_of(headers, b"accept-encoding") == [b"identity"]
 
 
+def test_content_encoding_goes_upstream_with_the_body_it_describes() -> None:
+    client: RawHeaders = [(b"Content-Encoding", b"gzip"), *CLIENT_END_TO_END]
+
+    headers = teacher_request_headers(client, teacher_key=None)
+
+    assert values_of(headers, b"content-encoding") == [b"gzip"]
+
+
+def test_content_encoding_of_a_decoded_body_does_not_go_upstream() -> None:
+    client: RawHeaders = [(b"Content-Encoding", b"gzip"), *CLIENT_END_TO_END]
+
+    headers = teacher_request_headers(client, teacher_key=None, decoded=True)
+
+    assert names(headers) == [name.lower() for name, _ in CLIENT_END_TO_END]
+
+
 # Teacher to client.
 
 
@@ -198,3 +220,44 @@ def test_body_passed_as_is_keeps_content_encoding_and_length() -> None:
     headers = client_response_headers(teacher, decoded=False)
 
     assert headers == [(name.lower(), value) for name, value in teacher]
+
+
+@pytest.mark.parametrize("decoded", [False, True])
+def test_teacher_date_and_server_are_left_to_the_proxys_own_server(decoded: bool) -> None:
+    teacher: RawHeaders = [
+        (b"Date", b"Tue, 01 Dec 2026 16:40:15 GMT"),
+        (b"Server", b"cloudflare"),
+        (b"content-type", b"application/json"),
+    ]
+
+    headers = client_response_headers(teacher, decoded=decoded)
+
+    assert headers == [(b"content-type", b"application/json")]
+
+
+# End to end: what a client gets from the proxy running under uvicorn.
+
+CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Where is my order?"}]}
+# name: (teacher fault, method, path, JSON body, status the client gets)
+ANSWERS: dict[str, tuple[Fault | None, str, str, dict[str, Any] | None, int]] = {
+    "plain": (None, "POST", "/v1/chat/completions", CHAT, 200),
+    "streamed": (None, "POST", "/v1/chat/completions", {**CHAT, "stream": True}, 200),
+    "teacher error": (Fault(status=429), "POST", "/v1/chat/completions", CHAT, 429),
+    "proxy error": (None, "POST", "/v1/chat/completions", {"model": "m"}, 400),
+    "pass-through": (None, "GET", "/v1/models", None, 200),
+    "pass-through error": (None, "DELETE", "/v1/files/file-1?status=404", None, 404),
+}
+
+
+@pytest.mark.parametrize("answer", list(ANSWERS))
+def test_every_answer_has_one_date_and_at_most_one_server_header(
+    proxy: RunningProxy, teacher: FakeTeacher, answer: str
+) -> None:
+    fault, method, path, body, status = ANSWERS[answer]
+    if fault is not None:
+        teacher.faults.append(fault)
+    with httpx.stream(method, proxy.url + path, json=body) as response:
+        response.read()
+    assert response.status_code == status
+    assert response.headers.get_list("date") == [response.headers["date"]]
+    assert len(response.headers.get_list("server")) <= 1

@@ -422,3 +422,24 @@ def test_comments_are_forwarded_and_ignored() -> None:
 
     assert forwarded == events
     assert assembler.completion()["choices"][0]["message"]["content"] == "Billing question"
+
+
+def test_event_that_is_not_json_is_forwarded_as_it_came_and_flagged_malformed() -> None:
+    events = [*PLAIN_STREAM[:2], b"data: {not json\n\n", *PLAIN_STREAM[2:]]
+
+    assembler, forwarded = assemble(events)
+
+    assert forwarded == events
+    assert assembler.malformed == b"{not json"
+
+
+def test_event_whose_json_is_not_an_object_is_malformed() -> None:
+    assembler, _ = assemble([*PLAIN_STREAM[:2], b"data: 42\n\n"])
+
+    assert assembler.malformed == b"42"
+
+
+def test_well_formed_stream_is_not_malformed() -> None:
+    assembler, _ = assemble([b": keep-alive\n\n", *PLAIN_STREAM])
+
+    assert assembler.malformed is None
