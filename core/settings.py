@@ -101,6 +101,17 @@ class Settings(BaseSettings):
         description="Student server base URL (vLLM or `stillroom student`); "
         "embedded in `serve` when unset.",
     )
+    student_urls: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Base URLs of several student server replicas (comma-separated), each "
+        "loaded with every published adapter; when set, used instead of STILLROOM_STUDENT_URL.",
+    )
+    student_refresh_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        description="How often each proxy asks every student replica which adapters it "
+        "holds (GET /v1/models).",
+    )
     base_model: str | None = Field(
         default=None,
         description="Student base model: Hugging Face id or local path. "
@@ -291,14 +302,14 @@ class Settings(BaseSettings):
             return [key.strip() for key in value.split(",") if key.strip()]
         return value
 
-    @field_validator("student_kinds", mode="before")
+    @field_validator("student_kinds", "student_urls", mode="before")
     @classmethod
-    def _split_kinds(cls, value: Any) -> Any:
+    def _split_list(cls, value: Any) -> Any:
         if isinstance(value, str):
             text = value.strip()
             if text.startswith("["):  # as settings_environment() passes lists on
                 return json.loads(text)
-            return [kind.strip() for kind in text.split(",") if kind.strip()]
+            return [item.strip() for item in text.split(",") if item.strip()]
         return value
 
     @field_validator("student_kinds")
@@ -316,11 +327,12 @@ class Settings(BaseSettings):
     @field_validator("teacher_url", "student_url")
     @classmethod
     def _strip_slash(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        if not value.startswith(("http://", "https://")):
-            raise ValueError(f"must be an http:// or https:// URL, got {value!r}")
-        return value.rstrip("/")
+        return None if value is None else _http_url(value)
+
+    @field_validator("student_urls")
+    @classmethod
+    def _strip_slashes(cls, value: list[str]) -> list[str]:
+        return list(dict.fromkeys(_http_url(url) for url in value))
 
     @classmethod
     def settings_customise_sources(
@@ -346,6 +358,20 @@ class Settings(BaseSettings):
     @property
     def is_loopback(self) -> bool:
         return self.host in {"127.0.0.1", "::1", "localhost"}
+
+    @property
+    def student_replica_urls(self) -> list[str]:
+        """The student server replicas: ``STILLROOM_STUDENT_URLS``, else the one
+        ``STILLROOM_STUDENT_URL``, else none (the caller's default, the embedded server)."""
+        if self.student_urls:
+            return list(self.student_urls)
+        return [self.student_url] if self.student_url is not None else []
+
+
+def _http_url(value: str) -> str:
+    if not value.startswith(("http://", "https://")):
+        raise ValueError(f"must be an http:// or https:// URL, got {value!r}")
+    return value.rstrip("/")
 
 
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:

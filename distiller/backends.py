@@ -1,15 +1,20 @@
 """Where the distiller publishes student versions: a student server's LoRA adapters.
 
-:class:`StudentBackend` is the one interface the distiller uses; :class:`HttpStudentBackend`
+:class:`StudentBackend` is one student server holding adapters; :class:`HttpStudentBackend`
 implements it over vLLM's OpenAI-compatible HTTP API, which both vLLM (``--enable-lora``
 with runtime LoRA updating on) and the embedded server (``stillroom student``) speak.
-Every failure, the server's own errors included, is raised as :class:`StudentBackendError`
-carrying the server's message.
+:class:`StudentReplicas`, what the distiller publishes to, keeps every adapter on every
+replica of that server. Every failure, the server's own errors included, is raised as
+:class:`StudentBackendError` carrying the server's message; :class:`StudentServerDown`
+when the server did not answer at all, or said it is unavailable.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import httpx
@@ -17,8 +22,13 @@ import httpx
 from core.errors import ConfigurationError
 from core.settings import Settings
 
+log = logging.getLogger("stillroom.distiller")
+
 DEFAULT_EMBEDDED_URL = "http://127.0.0.1:8001"
 """Where ``stillroom student`` listens by default (``--port 8001``)."""
+
+UNAVAILABLE_STATUSES = frozenset({502, 503, 504})
+"""What a server that is starting, or a gateway in front of one that is away, answers."""
 
 
 class StudentBackendError(Exception):
@@ -34,8 +44,15 @@ class StudentBackendError(Exception):
         self.error_type = error_type
 
 
+class StudentServerDown(StudentBackendError):
+    """The student server did not answer, or answered that it is unavailable (502, 503,
+    504): it may be starting. Nothing is known of the adapter."""
+
+
 class StudentBackend(Protocol):
-    """A student server holding LoRA adapters by name."""
+    """A student server holding LoRA adapters by name, at ``base_url``."""
+
+    base_url: str
 
     async def load_adapter(self, name: str, path: str, *, replace: bool = False) -> None:
         """Load the adapter at ``path`` (a path on the student server's machine) as
@@ -87,13 +104,18 @@ class HttpStudentBackend:
         try:
             response = await self._client.request(method, url, json=body, headers=self._headers)
         except httpx.HTTPError as exc:
-            raise StudentBackendError(
+            raise StudentServerDown(
                 f"student server at {self.base_url} could not be reached: "
                 f"{type(exc).__name__}: {exc}"
             ) from exc
         if response.is_error:
             message, error_type = _error_of(response)
-            raise StudentBackendError(
+            failure = (
+                StudentServerDown
+                if response.status_code in UNAVAILABLE_STATUSES
+                else StudentBackendError
+            )
+            raise failure(
                 f"student server answered {method} {path} with {response.status_code}: {message}",
                 status_code=response.status_code,
                 error_type=error_type,
@@ -151,6 +173,135 @@ class HttpStudentBackend:
             )
 
 
+@dataclass(frozen=True, slots=True)
+class Placement:
+    """Where an adapter is once loaded: the replicas holding it, and those that were down
+    (by URL, with why), which the adapter sync loads once they are back."""
+
+    holding: tuple[str, ...]
+    down: Mapping[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class SyncReport:
+    """What one adapter sync did: ``(replica, adapter)`` pairs loaded, and what failed
+    (``(replica, why)``; those are tried again by the next sync)."""
+
+    loaded: tuple[tuple[str, str], ...]
+    failed: tuple[tuple[str, str], ...]
+
+
+class StudentReplicas:
+    """Every replica of the student server, which the distiller publishes to.
+
+    Each replica must hold every published adapter: the proxies send a version's requests
+    only to replicas that list its adapter. A replica that is down
+    (:class:`StudentServerDown`) when a version is published is passed over as long as one
+    replica loaded the adapter and answered the health check; :meth:`sync` loads it there
+    once it is back. A replica that answers and refuses the adapter, or whose answer fails
+    the health check, fails the publish: every replica serves the same base model, so the
+    adapter is at fault, not the replica.
+    """
+
+    def __init__(self, replicas: Sequence[StudentBackend]) -> None:
+        if not replicas:
+            raise ValueError("name at least one student server replica")
+        self.replicas = list(replicas)
+
+    @property
+    def urls(self) -> list[str]:
+        return [replica.base_url for replica in self.replicas]
+
+    async def publish(
+        self, name: str, path: str, probe_messages: Sequence[dict[str, Any]]
+    ) -> Placement:
+        """Load adapter ``name`` (from ``path``) into every replica that lacks it and
+        health-check it with ``probe_messages`` on each. Raises
+        :class:`StudentBackendError` when a replica refused it or none holds it."""
+        return await self._place(name, path, probe_messages)
+
+    async def ensure_loaded(self, name: str, path: str) -> Placement:
+        """Load adapter ``name`` into every replica that lacks it, as :meth:`publish` does
+        without the health check (for a version that passed its own)."""
+        return await self._place(name, path, None)
+
+    async def _place(
+        self, name: str, path: str, probe: Sequence[dict[str, Any]] | None
+    ) -> Placement:
+        results = await asyncio.gather(
+            *(_place_on(replica, name, path, probe) for replica in self.replicas),
+            return_exceptions=True,
+        )
+        holding: list[str] = []
+        down: dict[str, str] = {}
+        for replica, result in zip(self.replicas, results, strict=True):
+            if isinstance(result, StudentServerDown):
+                down[replica.base_url] = result.message
+            elif isinstance(result, StudentBackendError):
+                raise _at(replica, result)
+            elif isinstance(result, BaseException):
+                raise result
+            else:
+                holding.append(replica.base_url)
+        if not holding:
+            raise StudentServerDown(
+                f"no student server replica holds {name!r}: " + "; ".join(down.values())
+            )
+        for url, why in down.items():
+            log.warning("%s is not on %s yet (the adapter sync loads it): %s", name, url, why)
+        return Placement(holding=tuple(holding), down=down)
+
+    async def sync(self, adapters: Mapping[str, str]) -> SyncReport:
+        """Load into each replica those of ``adapters`` (name: path) it lacks: one that
+        restarted lacks them all. A replica that is down or refuses one is reported, and
+        the others are loaded all the same."""
+        reports = await asyncio.gather(*(_sync_one(replica, adapters) for replica in self.replicas))
+        return SyncReport(
+            loaded=tuple(pair for report in reports for pair in report.loaded),
+            failed=tuple(pair for report in reports for pair in report.failed),
+        )
+
+
+async def _place_on(
+    replica: StudentBackend, name: str, path: str, probe: Sequence[dict[str, Any]] | None
+) -> None:
+    if name not in await replica.list_adapters():
+        await replica.load_adapter(name, path)
+    if probe is not None:
+        await replica.health_check(name, probe)
+
+
+async def _sync_one(replica: StudentBackend, adapters: Mapping[str, str]) -> SyncReport:
+    url = replica.base_url
+    loaded: list[tuple[str, str]] = []
+    failed: list[tuple[str, str]] = []
+    try:
+        present = set(await replica.list_adapters())
+        for name, path in adapters.items():
+            if name in present:
+                continue
+            try:
+                await replica.load_adapter(name, path)
+            except StudentServerDown:
+                raise
+            except StudentBackendError as exc:  # this adapter only: load the others
+                failed.append((url, f"{name}: {exc.message}"))
+            else:
+                loaded.append((url, name))
+    except StudentServerDown as exc:
+        failed.append((url, exc.message))
+    return SyncReport(loaded=tuple(loaded), failed=tuple(failed))
+
+
+def _at(replica: StudentBackend, error: StudentBackendError) -> StudentBackendError:
+    """``error`` naming the replica it came from."""
+    return StudentBackendError(
+        f"{replica.base_url}: {error.message}",
+        status_code=error.status_code,
+        error_type=error.error_type,
+    )
+
+
 def _json(response: httpx.Response) -> dict[str, Any]:
     try:
         document = response.json()
@@ -180,16 +331,16 @@ def _error_of(response: httpx.Response) -> tuple[str, str | None]:
     return str(document)[:500], None
 
 
-def create_student_backend(settings: Settings, client: httpx.AsyncClient) -> StudentBackend:
-    """The backend ``settings`` name: vLLM (``STILLROOM_STUDENT_BACKEND=vllm``, which needs
-    ``STILLROOM_STUDENT_URL``) or the embedded server (at ``STILLROOM_STUDENT_URL``, by
-    default ``http://127.0.0.1:8001``)."""
-    url = settings.student_url
-    if url is None:
+def create_student_backend(settings: Settings, client: httpx.AsyncClient) -> StudentReplicas:
+    """The replicas ``settings`` name: vLLM (``STILLROOM_STUDENT_BACKEND=vllm``, which needs
+    ``STILLROOM_STUDENT_URLS`` or ``STILLROOM_STUDENT_URL``) or the embedded server (at
+    those URLs, by default ``http://127.0.0.1:8001``)."""
+    urls = settings.student_replica_urls
+    if not urls:
         if settings.student_backend == "vllm":
             raise ConfigurationError(
-                "STILLROOM_STUDENT_BACKEND=vllm needs STILLROOM_STUDENT_URL, the vLLM "
-                "server's base URL"
+                "STILLROOM_STUDENT_BACKEND=vllm needs STILLROOM_STUDENT_URLS (or "
+                "STILLROOM_STUDENT_URL), the vLLM servers' base URLs"
             )
-        url = DEFAULT_EMBEDDED_URL
-    return HttpStudentBackend(url, client)
+        urls = [DEFAULT_EMBEDDED_URL]
+    return StudentReplicas([HttpStudentBackend(url, client) for url in urls])

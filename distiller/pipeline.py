@@ -31,7 +31,7 @@ from core.store import list_exchanges
 from core.tables import Exchange, StudentHead, StudentVersion, Task, TrainingRun
 from core.task_policy import TaskPolicy, effective_policy
 from distiller import registry, tournament
-from distiller.backends import StudentBackend
+from distiller.backends import StudentReplicas
 from distiller.base_model import resolve_base_model
 from distiller.candidates import Candidate, Judging, classifier_candidate, lora_candidate
 from distiller.curation import CuratedSet, CurationConfig, Example, curate
@@ -62,7 +62,7 @@ class Pipeline:
 
     settings: Settings
     engine: Engine
-    backend: StudentBackend
+    backend: StudentReplicas
     encoder: Encoder
     metrics: Metrics = field(default_factory=Metrics)
 

@@ -2,12 +2,13 @@
 
 A candidate is published only if, at its calibrated confidence threshold, it agrees with
 the teacher at the task's target on a large enough share of held-out traffic, and that
-share is no smaller than the live version's. Publishing loads a LoRA adapter into the
-student backend and checks it answers a held-out prompt (a classifier's head is in the
-store, where every proxy loads it from: it is checked to load), then switches the task's
-active version in one transaction (an auto-ramp task goes back to shadow, through
-``core.transitions``). The previous version stays loadable for rollback. An
-operator may publish any version of a task, the gate and the tournament aside.
+share is no smaller than the live version's. Publishing loads a LoRA adapter into every
+replica of the student server and checks each answers a held-out prompt (a replica that is
+down is passed over if another has it, and gets it from the adapter sync; a classifier's
+head is in the store, where every proxy loads it from: it is checked to load), then
+switches the task's active version in one transaction (an auto-ramp task goes back to
+shadow, through ``core.transitions``). The previous version stays loadable for rollback.
+An operator may publish any version of a task, the gate and the tournament aside.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from core.tables import (
 )
 from core.task_policy import TaskPolicy
 from core.transitions import change_mode, lock_task
-from distiller.backends import StudentBackend, StudentBackendError
+from distiller.backends import StudentBackendError, StudentReplicas, SyncReport
 
 
 def new_id() -> str:
@@ -97,18 +98,18 @@ def gate_verdict(
 async def publish(
     *,
     engine: Engine,
-    backend: StudentBackend,
+    backend: StudentReplicas,
     version: StudentVersion,
     probe_messages: list[dict[str, Any]],
 ) -> StudentVersion:
-    """Load, health-check, then activate ``version`` (the live one is retired). On any
-    backend failure the version is rejected and the live version is untouched."""
+    """Load, health-check, then activate ``version`` (the live one is retired). On a
+    backend failure (a replica refused it, or none holds it) the version is rejected and
+    the live version is untouched."""
     try:
         if version.kind == "classifier":
             check_head(engine=engine, version=version)
         else:
-            await ensure_loaded(backend, version)
-            await backend.health_check(version.adapter_name, probe_messages)
+            await backend.publish(version.adapter_name, version.adapter_path, probe_messages)
     except (StudentBackendError, ValueError) as exc:
         return _set_state(engine, version.id, "rejected", f"failed to load or answer: {exc}")
     with Session(engine) as session, session.begin():
@@ -147,7 +148,7 @@ def _restart_ramp(session: Session, task: Task, cause: TransitionCause, what: st
         )
 
 
-async def rollback(*, engine: Engine, backend: StudentBackend, task: str) -> StudentVersion:
+async def rollback(*, engine: Engine, backend: StudentReplicas, task: str) -> StudentVersion:
     """Re-activate the version published before the live one (an auto-ramp task shadows
     it again, as it would a new version)."""
     with Session(engine) as session:
@@ -208,32 +209,24 @@ def check_head(*, engine: Engine, version: StudentVersion) -> Head:
     return head
 
 
-async def ensure_loaded(backend: StudentBackend, version: StudentVersion) -> None:
-    """Load the version's adapter unless the student server has it already (a classifier
-    needs nothing of the student server)."""
-    if version.kind != "lora":
-        return
-    if version.adapter_name not in await backend.list_adapters():
-        await backend.load_adapter(version.adapter_name, version.adapter_path)
+async def ensure_loaded(backend: StudentReplicas, version: StudentVersion) -> None:
+    """Load the version's adapter into every replica that lacks it (a classifier needs
+    nothing of the student server)."""
+    if version.kind == "lora":
+        await backend.ensure_loaded(version.adapter_name, version.adapter_path)
 
 
-async def sync_adapters(*, engine: Engine, backend: StudentBackend) -> list[str]:
-    """Load the adapter of every task's active version that the student server lacks (it
-    restarted, or is new). Returns the names loaded."""
+async def sync_adapters(*, engine: Engine, backend: StudentReplicas) -> SyncReport:
+    """Load the adapter of every task's active version into each replica that lacks it (it
+    restarted, or is new)."""
     with Session(engine) as session:
         active = session.exec(
             select(StudentVersion)
             .join(Task, col(Task.active_version_id) == StudentVersion.id)
             .where(StudentVersion.kind == "lora")
         ).all()
-        session.expunge_all()
-    present = set(await backend.list_adapters())
-    loaded = []
-    for version in active:
-        if version.adapter_name not in present:
-            await backend.load_adapter(version.adapter_name, version.adapter_path)
-            loaded.append(version.adapter_name)
-    return loaded
+        adapters = {version.adapter_name: version.adapter_path for version in active}
+    return await backend.sync(adapters)
 
 
 def _set_state(
@@ -284,7 +277,7 @@ def find_version(*, session: Session, task: str, version: str) -> StudentVersion
 
 
 async def publish_chosen(
-    *, engine: Engine, backend: StudentBackend, task: str, version: str
+    *, engine: Engine, backend: StudentReplicas, task: str, version: str
 ) -> StudentVersion:
     """An operator's choice: publish ``version`` of ``task`` whatever the gate or the
     tournament said (it is loaded and health-checked like any other)."""

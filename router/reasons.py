@@ -18,7 +18,9 @@ Ineligible = Literal["n", "tools", "media", "response_format", "model", "too_lon
 NotAsked = Literal["no_student", "off", "shadow", "cutover", "difficult", Ineligible]
 
 # The student was asked; its answer was not good enough to serve (the teacher falls back).
-Declined = Literal["unfamiliar"]
+# Declined: it would not answer (an unfamiliar input), or could not (no replica of the
+# student server holds its adapter: not_loaded).
+Declined = Literal["unfamiliar", "not_loaded"]
 OutputProblem = Literal["empty", "invalid_json", "schema_mismatch"]
 Escalation = Literal["student_error", "low_confidence", Declined, OutputProblem]
 

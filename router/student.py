@@ -2,16 +2,17 @@
 
 :class:`Student` is what routing, shadow and audit scoring call; :class:`Students` sends
 each version to the student of its kind: :class:`StudentClient` asks the student server
-(vLLM or the embedded one) for a LoRA version, ``router.classifier`` answers a classifier
-version inside the proxy. Either way the answer comes back with a confidence (a
-log-probability), or as a clear failure the proxy falls back from.
+(vLLM or the embedded one; one replica of it that holds the version's adapter) for a LoRA
+version, ``router.classifier`` answers a classifier version inside the proxy. Either way
+the answer comes back with a confidence (a log-probability), or as a clear failure the
+proxy falls back from.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -19,6 +20,7 @@ import httpx
 
 from router.policy import StudentRef
 from router.reasons import Declined
+from router.replicas import ReplicaAdapters
 
 if TYPE_CHECKING:
     import numpy as np
@@ -32,8 +34,9 @@ class StudentUnavailable(Exception):
 
 
 class StudentDeclined(StudentUnavailable):
-    """The student would not answer this request (e.g. an input unlike its training set);
-    ``reason`` names why, for the routing metrics."""
+    """The student would not answer this request (e.g. an input unlike its training set),
+    or could not (no replica holds its adapter); ``reason`` names why, for the routing
+    metrics."""
 
     def __init__(self, reason: Declined, message: str) -> None:
         super().__init__(message)
@@ -88,12 +91,27 @@ def mean_logprob(completion: dict[str, Any]) -> float:
 
 class StudentClient:
     """Asks the student server to answer a chat request as a LoRA version (by its adapter
-    name)."""
+    name): one of its replicas that holds the adapter, in turn. When none does, the
+    request is declined (``not_loaded``) without a call."""
 
-    def __init__(self, *, base_url: str, client: httpx.AsyncClient, timeout: float) -> None:
-        self.base_url = base_url.rstrip("/").removesuffix("/v1")
+    def __init__(
+        self,
+        *,
+        base_urls: Sequence[str],
+        client: httpx.AsyncClient,
+        timeout: float,
+        refresh_seconds: float,
+    ) -> None:
+        self.replicas = ReplicaAdapters(base_urls, client, refresh_seconds=refresh_seconds)
         self.client = client
         self.timeout = timeout
+
+    async def start(self) -> None:
+        """Learn which replica holds which adapter, and keep learning it."""
+        await self.replicas.start()
+
+    async def close(self) -> None:
+        await self.replicas.close()
 
     async def answer(
         self, student: StudentRef, payload: dict[str, Any], *, prompt: PromptEmbedding | None = None
@@ -108,14 +126,21 @@ class StudentClient:
             "stream": False,
         }
         started = time.perf_counter()
+        url = await self.replicas.pick(student.adapter_name)
+        if url is None:
+            raise StudentDeclined(
+                "not_loaded", f"no student server replica holds {student.adapter_name}"
+            )
         try:
             response = await self.client.post(
-                self.base_url + "/v1/chat/completions", json=body, timeout=self.timeout
+                url + "/v1/chat/completions", json=body, timeout=self.timeout
             )
         except httpx.HTTPError as exc:
-            raise StudentUnavailable(f"{type(exc).__name__}: {exc}") from exc
+            self.replicas.failed(url, student.adapter_name)
+            raise StudentUnavailable(f"{url}: {type(exc).__name__}: {exc}") from exc
         if response.status_code != 200:
-            raise StudentUnavailable(f"HTTP {response.status_code}: {response.text[:200]}")
+            self.replicas.failed(url, student.adapter_name)
+            raise StudentUnavailable(f"{url}: HTTP {response.status_code}: {response.text[:200]}")
         try:
             completion = response.json()
             message = completion["choices"][0]["message"]

@@ -9,7 +9,7 @@ from sqlalchemy.engine import Engine
 
 from core.metrics import Metrics
 from core.settings import Settings
-from distiller.backends import StudentBackend
+from distiller.backends import StudentReplicas
 from proxy.gateway.capture import CaptureWriter
 from proxy.gateway.teacher import Teacher
 from router.classifier import ClassifierStudent
@@ -17,7 +17,7 @@ from router.difficulty import DifficultyGate
 from router.policy import PolicyCache
 from router.route import Router
 from router.scoring import Scorer
-from router.student import Student
+from router.student import Student, StudentClient
 
 
 @dataclass(slots=True)
@@ -28,9 +28,10 @@ class Runtime:
     http_client: httpx.AsyncClient
     teacher: Teacher
     capture: CaptureWriter | None
-    student_backend: StudentBackend
+    student_backend: StudentReplicas
     policies: PolicyCache
     students: Student  # every kind: the student server's LoRA versions, classifiers here
+    student_client: StudentClient  # the student server's replicas, for LoRA versions
     classifiers: ClassifierStudent
     scorer: Scorer
     difficulty: DifficultyGate | None

@@ -116,10 +116,12 @@ async def _start(
         await capture.start()
     teacher = Teacher(base_url=settings.teacher_url, client=http_client, metrics=metrics)
     student_client = StudentClient(
-        base_url=settings.student_url or DEFAULT_EMBEDDED_URL,
+        base_urls=settings.student_replica_urls or [DEFAULT_EMBEDDED_URL],
         client=http_client,
         timeout=settings.student_timeout_seconds,
+        refresh_seconds=settings.student_refresh_seconds,
     )
+    await student_client.start()
     encoder = Encoder(settings.embedding_model)
     classifiers = ClassifierStudent(
         engine=engine,
@@ -159,6 +161,7 @@ async def _start(
         difficulty=difficulty,
         policies=policies,
         students=students,
+        student_client=student_client,
         classifiers=classifiers,
         scorer=scorer,
         student_backend=create_student_backend(settings, http_client),
@@ -174,6 +177,7 @@ async def _start(
 async def _stop(runtime: Runtime) -> None:
     await runtime.policies.close()
     await runtime.scorer.close()
+    await runtime.student_client.close()
     if runtime.capture is not None:
         await runtime.capture.close()
     await runtime.http_client.aclose()

@@ -22,7 +22,7 @@ from core.embedding import Encoder
 from core.metrics import Metrics, leave_multiprocess
 from core.settings import Settings
 from core.store import create_store_engine, create_tables
-from distiller.backends import StudentBackend, create_student_backend
+from distiller.backends import StudentReplicas, create_student_backend
 from distiller.pipeline import Pipeline
 from distiller.registry import sync_adapters
 from distiller.scheduler import Distiller
@@ -77,14 +77,14 @@ async def distiller_work(
     *,
     settings: Settings,
     engine: Engine,
-    backend: StudentBackend,
+    backend: StudentReplicas,
     metrics: Metrics,
     keep_adapters_loaded: bool,
 ) -> AsyncIterator[Distiller]:
     """The distiller's work, composed once for ``stillroom distiller`` and ``serve``: the
     training scheduler, drift checks of live and shadow tasks (one process per deployment
-    runs them), and, with ``keep_adapters_loaded``, re-loading active adapters into a
-    student server that restarted."""
+    runs them), and, with ``keep_adapters_loaded``, re-loading active adapters into every
+    student server replica that lacks them (it restarted, or was down at publish)."""
     pipeline = Pipeline(
         settings=settings,
         engine=engine,
@@ -124,15 +124,18 @@ async def _metrics(request: Request) -> Response:
     return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
 
-async def _keep_adapters_loaded(engine: Engine, backend: StudentBackend) -> None:
-    """Load active adapters the student server lacks (it restarted, or is new), now and
-    every ``ADAPTER_SYNC_SECONDS``."""
+async def _keep_adapters_loaded(engine: Engine, backend: StudentReplicas) -> None:
+    """Load active adapters into each student server replica that lacks them (it
+    restarted, is new, or was down when they were published), now and every
+    ``ADAPTER_SYNC_SECONDS``."""
     while True:
         try:
-            loaded = await sync_adapters(engine=engine, backend=backend)
-        except Exception as exc:  # the student server may be starting
-            log.warning("could not sync adapters with the student server: %s", exc)
+            report = await sync_adapters(engine=engine, backend=backend)
+        except Exception as exc:  # the store may be away; the next round may succeed
+            log.warning("could not sync adapters with the student servers: %s", exc)
         else:
-            if loaded:
-                log.info("loaded active adapters into the student server: %s", loaded)
+            for url, name in report.loaded:
+                log.info("loaded active adapter %s into the student server at %s", name, url)
+            for url, why in report.failed:
+                log.warning("could not sync adapters with the student server at %s: %s", url, why)
         await asyncio.sleep(ADAPTER_SYNC_SECONDS)

@@ -87,7 +87,7 @@ def run_everything(settings: Settings, *, student_port: int) -> None:
     """``stillroom serve``: proxy, distiller and (unless a student server is configured)
     the embedded student server, in one process."""
     student: _StudentThread | None = None
-    if settings.student_url is None and settings.student_backend == "embedded":
+    if not settings.student_replica_urls and settings.student_backend == "embedded":
         student = _StudentThread(settings, "127.0.0.1", student_port)
         student.start()
         settings = settings.model_copy(update={"student_url": f"http://127.0.0.1:{student_port}"})

@@ -93,6 +93,38 @@ def test_api_keys_are_split_on_commas_and_blanks_dropped(
     assert keys == ["a", "b", "c"]
 
 
+def test_student_urls_name_several_replicas_and_take_precedence(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("STILLROOM_STUDENT_URL", "http://vllm:8000")
+    monkeypatch.setenv(
+        "STILLROOM_STUDENT_URLS", "http://vllm-0.vllm:8000/, ,http://vllm-1.vllm:8000"
+    )
+
+    settings = load_settings()
+
+    assert settings.student_urls == ["http://vllm-0.vllm:8000", "http://vllm-1.vllm:8000"]
+    assert settings.student_replica_urls == settings.student_urls
+
+
+def test_one_student_url_alone_is_one_replica(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert load_settings().student_replica_urls == [], "none: the caller's default"
+    monkeypatch.setenv("STILLROOM_STUDENT_URL", "http://vllm:8000/")
+
+    assert load_settings().student_replica_urls == ["http://vllm:8000"]
+
+
+def test_student_urls_from_another_process_are_read_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STILLROOM_STUDENT_URLS", '["http://a:8000", "http://b:8000"]')
+
+    assert load_settings().student_urls == ["http://a:8000", "http://b:8000"]
+
+
+def test_a_student_url_that_is_not_http_is_refused() -> None:
+    with pytest.raises(ValidationError, match="must be an http"):
+        Settings(student_urls=["http://a:8000", "vllm-1:8000"])
+
+
 def test_trailing_slash_of_teacher_url_is_removed(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("STILLROOM_TEACHER_URL", "https://api.example.com/v1/")
 

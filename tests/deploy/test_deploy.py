@@ -321,11 +321,20 @@ def test_kubernetes_services_and_probes_point_at_the_ports_containers_listen_on(
         ]
         for port in service["spec"]["ports"]:
             assert port["targetPort"] in ports, service["metadata"]["name"]
-    vllm = resource("Service", "stillroom-vllm")
-    assert host_port(config_file()["student_url"]) == (
-        "stillroom-vllm",
-        vllm["spec"]["ports"][0]["port"],
-    )
+
+
+def test_kubernetes_student_urls_name_every_vllm_replica() -> None:
+    replicas = resource("StatefulSet", "stillroom-vllm")
+    service = resource("Service", "stillroom-vllm")
+    assert replicas["spec"]["replicas"] >= 2
+    assert replicas["spec"]["serviceName"] == "stillroom-vllm"
+    assert service["spec"]["clusterIP"] == "None", "a headless Service names each pod"
+    port = service["spec"]["ports"][0]["port"]
+    names = [f"stillroom-vllm-{n}.stillroom-vllm" for n in range(replicas["spec"]["replicas"])]
+    assert [host_port(url) for url in config_file()["student_urls"]] == [
+        (name, port) for name in names
+    ]
+    assert "student_url" not in config_file()
 
 
 def test_proxies_are_probed_for_liveness_and_readiness() -> None:
@@ -356,7 +365,7 @@ def test_kubernetes_distiller_and_vllm_share_the_adapters_at_the_same_path() -> 
         pod = next(
             r["spec"]["template"]["spec"]
             for r in resources()
-            if r["kind"] == "Deployment"
+            if r["kind"] in ("Deployment", "StatefulSet")
             and r["spec"]["template"]["spec"]["containers"][0]["name"] == name
         )
         claims = {

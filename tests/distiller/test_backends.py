@@ -1,26 +1,34 @@
 """The student backend over HTTP: the same calls against the fake vLLM and the real embedded
-student server, and vLLM's errors turned into StudentBackendError with the server's message."""
+student server, and vLLM's errors turned into StudentBackendError with the server's message;
+publishing to several replicas of the student server, and keeping each one loaded."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
+from sqlmodel import Session
 
 from core.errors import ConfigurationError
 from core.settings import Settings
+from core.store import create_store_engine, create_tables
+from core.tables import StudentVersion
 from distiller.backends import (
     DEFAULT_EMBEDDED_URL,
     HttpStudentBackend,
     StudentBackendError,
+    StudentReplicas,
+    StudentServerDown,
     create_student_backend,
 )
+from distiller.registry import publish, sync_adapters
 from distiller.student_server import create_student_app
 
-from fakes.vllm import FakeVllm, write_adapter_config
+from fakes.vllm import FakeVllm, RunningVllm, write_adapter_config
 from servers import ServerThread, free_port
 
 PROBE = [{"role": "user", "content": "I want a refund for the ticket"}]
@@ -194,12 +202,163 @@ async def test_vllms_older_flat_error_shape_is_understood() -> None:
 
 
 async def test_the_factory_follows_the_settings(client: httpx.AsyncClient) -> None:
-    embedded = create_student_backend(Settings(), client)
-    assert isinstance(embedded, HttpStudentBackend)
-    assert embedded.base_url == DEFAULT_EMBEDDED_URL
+    assert create_student_backend(Settings(), client).urls == [DEFAULT_EMBEDDED_URL]
     vllm = Settings(student_backend="vllm", student_url="http://gpu:8000/v1")
-    backend = create_student_backend(vllm, client)
-    assert isinstance(backend, HttpStudentBackend)
-    assert backend.base_url == "http://gpu:8000"
-    with pytest.raises(ConfigurationError, match="STILLROOM_STUDENT_URL"):
+    assert create_student_backend(vllm, client).urls == ["http://gpu:8000"]
+    replicas = vllm.model_copy(
+        update={"student_urls": ["http://vllm-0:8000", "http://vllm-1:8000"]}
+    )
+    assert create_student_backend(replicas, client).urls == [
+        "http://vllm-0:8000",
+        "http://vllm-1:8000",
+    ]
+    with pytest.raises(ConfigurationError, match="STILLROOM_STUDENT_URLS"):
         create_student_backend(Settings(student_backend="vllm"), client)
+
+
+# --- several replicas -------------------------------------------------------------------
+
+ADAPTER = "task-v1"
+
+
+@pytest.fixture
+def replicas() -> Iterator[list[RunningVllm]]:
+    """Two fake vLLM replicas of one student server."""
+    running = [RunningVllm(), RunningVllm()]
+    yield running
+    for replica in running:
+        replica.stop()
+
+
+@pytest.fixture
+def adapter_path(tmp_path: Path) -> str:
+    return str(write_adapter_config(tmp_path / ADAPTER))
+
+
+def over(urls: list[str], client: httpx.AsyncClient) -> StudentReplicas:
+    return StudentReplicas([HttpStudentBackend(url, client) for url in urls])
+
+
+def calls(replica: RunningVllm, path: str) -> int:
+    return sum(1 for call in replica.fake.requests if call.path == path)
+
+
+async def test_a_version_is_loaded_into_and_checked_on_every_replica(
+    replicas: list[RunningVllm], client: httpx.AsyncClient, adapter_path: str
+) -> None:
+    placement = await over([r.url for r in replicas], client).publish(ADAPTER, adapter_path, PROBE)
+    assert placement.holding == (replicas[0].url, replicas[1].url)
+    assert placement.down == {}
+    for replica in replicas:
+        assert replica.fake.adapters == {ADAPTER: adapter_path}
+        assert calls(replica, "/v1/chat/completions") == 1, "health-checked on each"
+
+
+async def test_a_replica_down_at_publish_is_passed_over_while_another_holds_the_adapter(
+    replicas: list[RunningVllm], client: httpx.AsyncClient, adapter_path: str
+) -> None:
+    down = f"http://127.0.0.1:{free_port()}"
+    placement = await over([replicas[0].url, down], client).publish(ADAPTER, adapter_path, PROBE)
+    assert placement.holding == (replicas[0].url,)
+    assert list(placement.down) == [down]
+    assert "could not be reached" in placement.down[down]
+
+
+async def test_a_replica_starting_up_counts_as_down(
+    replicas: list[RunningVllm], client: httpx.AsyncClient, adapter_path: str
+) -> None:
+    def starting(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(503, text="Service Unavailable")
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(starting)) as http:
+        up = HttpStudentBackend(replicas[0].url, client)
+        backend = StudentReplicas([up, HttpStudentBackend("http://vllm-1:8000", http)])
+        placement = await backend.publish(ADAPTER, adapter_path, PROBE)
+    assert placement.holding == (replicas[0].url,)
+    assert list(placement.down) == ["http://vllm-1:8000"]
+
+
+async def test_publishing_fails_when_no_replica_is_up(
+    client: httpx.AsyncClient, adapter_path: str
+) -> None:
+    urls = [f"http://127.0.0.1:{free_port()}" for _ in range(2)]
+    with pytest.raises(StudentServerDown, match="no student server replica holds 'task-v1'"):
+        await over(urls, client).publish(ADAPTER, adapter_path, PROBE)
+
+
+async def test_a_replica_that_refuses_the_adapter_fails_the_publish(
+    replicas: list[RunningVllm], client: httpx.AsyncClient, adapter_path: str
+) -> None:
+    replicas[1].fake.load_errors[adapter_path] = "expected target modules in {'q_proj'}"
+    with pytest.raises(StudentBackendError, match="expected target modules") as raised:
+        await over([r.url for r in replicas], client).publish(ADAPTER, adapter_path, PROBE)
+    assert str(raised.value).startswith(replicas[1].url)
+    assert not isinstance(raised.value, StudentServerDown)
+
+
+async def test_an_empty_answer_on_one_replica_fails_the_publish(
+    replicas: list[RunningVllm], client: httpx.AsyncClient, adapter_path: str
+) -> None:
+    replicas[1].fake.answers[ADAPTER] = " "
+    with pytest.raises(StudentBackendError, match="failed its health check"):
+        await over([r.url for r in replicas], client).publish(ADAPTER, adapter_path, PROBE)
+
+
+async def test_sync_loads_the_adapters_a_restarted_replica_lacks(
+    replicas: list[RunningVllm], client: httpx.AsyncClient, adapter_path: str
+) -> None:
+    backend = over([r.url for r in replicas], client)
+    await backend.publish(ADAPTER, adapter_path, PROBE)
+    replicas[1].restart()
+    assert replicas[1].fake.adapters == {}
+    report = await backend.sync({ADAPTER: adapter_path})
+    assert report.loaded == ((replicas[1].url, ADAPTER),)
+    assert report.failed == ()
+    assert replicas[1].fake.adapters == {ADAPTER: adapter_path}
+    assert calls(replicas[0], "/v1/load_lora_adapter") == 1, "the other replica had it"
+
+
+async def test_sync_goes_on_past_a_replica_that_is_down_or_refuses(
+    replicas: list[RunningVllm], client: httpx.AsyncClient, tmp_path: Path, adapter_path: str
+) -> None:
+    down = f"http://127.0.0.1:{free_port()}"
+    refused = str(write_adapter_config(tmp_path / "refused"))
+    replicas[0].fake.load_errors[refused] = "rank too high"
+    report = await over([down, replicas[0].url], client).sync(
+        {"refused-v1": refused, ADAPTER: adapter_path}
+    )
+    assert report.loaded == ((replicas[0].url, ADAPTER),)
+    [(first, why_down), (second, why_refused)] = report.failed
+    assert (first, second) == (down, replicas[0].url)
+    assert "could not be reached" in why_down
+    assert why_refused.startswith("refused-v1: ")
+    assert "rank too high" in why_refused
+
+
+async def test_a_version_published_with_a_replica_down_reaches_it_by_the_sync(
+    replicas: list[RunningVllm], client: httpx.AsyncClient, adapter_path: str, sqlite_url: str
+) -> None:
+    engine = create_store_engine(sqlite_url)
+    create_tables(engine)
+    version = StudentVersion(
+        id=uuid.uuid4().hex,
+        task="task",
+        number=1,
+        base_model="tiny",
+        adapter_name=ADAPTER,
+        adapter_path=adapter_path,
+    )
+    with Session(engine) as session:
+        session.add(version)
+        session.commit()
+        session.refresh(version)
+        session.expunge(version)
+    backend = over([r.url for r in replicas], client)
+    replicas[1].stop()
+    published = await publish(engine=engine, backend=backend, version=version, probe_messages=PROBE)
+    assert published.state == "published"
+    replicas[1].restart()
+    report = await sync_adapters(engine=engine, backend=backend)
+    assert report.loaded == ((replicas[1].url, ADAPTER),)
+    assert all(r.fake.adapters == {ADAPTER: adapter_path} for r in replicas)
+    engine.dispose()

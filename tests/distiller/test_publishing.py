@@ -20,7 +20,7 @@ from core.settings import Settings
 from core.store import create_store_engine, create_tables, insert_exchanges, queue_training
 from core.tables import ExchangeCreate, StudentVersion, Task, TaskTransition
 from distiller import registry
-from distiller.backends import HttpStudentBackend
+from distiller.backends import HttpStudentBackend, StudentReplicas
 from distiller.datasets import clinc150_banking20
 from distiller.pipeline import Pipeline
 from distiller.scheduler import Distiller
@@ -127,7 +127,7 @@ def pipeline(
     return Pipeline(
         settings=settings,
         engine=engine,
-        backend=HttpStudentBackend(vllm.url, client),
+        backend=StudentReplicas([HttpStudentBackend(vllm.url, client)]),
         encoder=encoder,
     )
 

@@ -17,7 +17,7 @@ from core.settings import Settings
 from core.store import create_store_engine, create_tables, insert_exchanges, queue_training
 from core.tables import ExchangeCreate
 from distiller import registry
-from distiller.backends import HttpStudentBackend
+from distiller.backends import HttpStudentBackend, StudentReplicas
 from distiller.datasets import clinc150_banking20
 from distiller.pipeline import Pipeline
 
@@ -110,7 +110,7 @@ async def test_smollm2_student_beats_its_base_model_by_a_wide_margin(
         pipeline = Pipeline(
             settings=settings,
             engine=engine,
-            backend=HttpStudentBackend(vllm.url, client),
+            backend=StudentReplicas([HttpStudentBackend(vllm.url, client)]),
             encoder=Encoder(),
         )
         run = queue_training(engine=engine, task=TASK)

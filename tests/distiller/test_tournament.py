@@ -19,7 +19,7 @@ from core.settings import Settings
 from core.store import create_store_engine, create_tables, insert_exchanges, queue_training
 from core.tables import ExchangeCreate, StudentHead, StudentVersion, Task, TaskTransition
 from distiller import registry, tournament
-from distiller.backends import HttpStudentBackend
+from distiller.backends import HttpStudentBackend, StudentReplicas
 from distiller.datasets import clinc150_banking20
 from distiller.pipeline import Pipeline, kinds_for
 
@@ -162,7 +162,7 @@ async def pipeline(
         return Pipeline(
             settings=settings,
             engine=engine,
-            backend=HttpStudentBackend(vllm.url, client),
+            backend=StudentReplicas([HttpStudentBackend(vllm.url, client)]),
             encoder=encoder,
         )
 

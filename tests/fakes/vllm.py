@@ -9,7 +9,9 @@ with the HTTP status as an integer ``code`` on 400/404), ``GET /v1/models`` (ada
 ``parent`` and ``root``), ``GET /health`` and ``POST /v1/chat/completions`` (``model`` is the
 base or an adapter; unknown: 404 ``The model `x` does not exist.``). An adapter path is
 loadable when it holds an ``adapter_config.json``, as vLLM's own check. Each adapter answers
-the canned text in ``answers`` (set by the test); ``requests`` records every call.
+the canned text in ``answers`` (set by the test); ``requests`` records every call, and
+``unknown_models`` the chat requests for a model it did not hold. :class:`RunningVllm`
+serves one on 127.0.0.1 and restarts it empty, as a real restart leaves vLLM.
 """
 
 from __future__ import annotations
@@ -44,6 +46,8 @@ from core.wire import (
     new_completion_id,
     sse,
 )
+
+from servers import ServerThread
 
 BASE_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
@@ -80,6 +84,7 @@ class FakeVllm:
         self.delay = 0.0  # seconds before each chat answer
         self.load_errors: dict[str, str] = {}  # path: message of a 400 when loading it
         self.requests: list[Call] = []
+        self.unknown_models: list[str] = []  # asked to answer as a model it did not hold
         self.app = Starlette(
             routes=[
                 Route("/health", self.health, methods=["GET"]),
@@ -89,6 +94,10 @@ class FakeVllm:
                 Route("/v1/chat/completions", self.chat, methods=["POST"]),
             ]
         )
+
+    def chat_requests(self) -> list[Call]:
+        """The ``POST /v1/chat/completions`` calls it was sent, in order."""
+        return [call for call in self.requests if call.path == "/v1/chat/completions"]
 
     async def _receive(self, request: Request) -> Any:
         raw = await request.body()
@@ -156,6 +165,7 @@ class FakeVllm:
         body = await self._receive(request)
         model = body.get("model")
         if model != self.base_model and model not in self.adapters:
+            self.unknown_models.append(str(model))
             return error(f"The model `{model}` does not exist.", "NotFoundError", 404)
         text = self.answers.get(model, self.default_answer)
         if self.delay:
@@ -165,6 +175,29 @@ class FakeVllm:
         answer = completion(body, text, self.token_logprobs.get(model))
         # As its own type: vLLM's logprobs (a subclass) leave out refusal.
         return JSONResponse(answer.model_dump(mode="json", serialize_as_any=True))
+
+
+class RunningVllm:
+    """A fake vLLM served on 127.0.0.1 (``url``), which can be restarted."""
+
+    def __init__(self, fake: FakeVllm | None = None) -> None:
+        self.fake = fake if fake is not None else FakeVllm()
+        self.server = ServerThread(self.fake.app).start()
+        self.fake.url = self.server.url
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    def stop(self) -> None:
+        self.server.stop()
+
+    def restart(self) -> None:
+        """Stop, then serve again on the same port with no adapter: vLLM keeps the
+        adapters loaded at run time in memory only. Its request log is kept."""
+        self.stop()
+        self.fake.adapters.clear()
+        self.server = ServerThread(self.fake.app, port=self.server.port).start()
 
 
 def _card(name: str, created: int, *, root: str, parent: str | None) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from core.settings import Settings
 from proxy.processes.distiller_app import create_distiller_app
@@ -56,8 +57,17 @@ class Stillroom:
 
     def wait_for_mode(self, mode: str, task: str = TASK) -> None:
         """Until the proxy's policy refresh has seen the task in ``mode``."""
-        series = f'stillroom_task_mode{{task="{task}",mode="{mode}"}} 1.0'
-        wait_until(lambda: series in httpx.get(self.proxy.url + "/metrics").text)
+
+        def seen() -> bool:
+            text = httpx.get(self.proxy.url + "/metrics").text
+            return any(
+                sample.labels == {"task": task, "mode": mode} and sample.value == 1
+                for family in text_string_to_metric_families(text)
+                if family.name == "stillroom_task_mode"
+                for sample in family.samples
+            )
+
+        wait_until(seen)
 
     def admin(self, method: str, path: str, **options: Any) -> Any:
         response = httpx.request(method, self.proxy.url + path, timeout=30, **options)

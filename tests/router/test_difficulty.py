@@ -63,10 +63,10 @@ def test_input_like_those_the_student_got_wrong_goes_straight_to_the_teacher(
     gate = proxy.runtime.difficulty
     wait_until(lambda: gate.ready(version_id), timeout=60)
 
-    calls_before = len(vllm.requests)
+    calls_before = len(vllm.chat_requests())
     hard = ask(proxy, text="what is the weather in Madrid today")
     assert hard.headers["x-stillroom-served-by"] == "teacher"
-    assert len(vllm.requests) == calls_before, "the student was not asked"
+    assert len(vllm.chat_requests()) == calls_before, "the student was not asked"
     easy = ask(proxy, text="my August bill is wrong")
     assert easy.headers["x-stillroom-served-by"] == "student"
     metrics = httpx.get(proxy.url + "/metrics").text

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
 import time
 from collections import Counter
@@ -77,7 +78,7 @@ def test_live_at_100_percent_is_answered_by_the_student(
     assert body["choices"][0]["message"]["content"] == "billing"
     assert body["choices"][0]["logprobs"] is None
     assert teacher.chat_requests() == []
-    assert vllm.requests[-1].body["model"] == ADAPTER
+    assert vllm.chat_requests()[-1].body["model"] == ADAPTER
 
 
 def test_student_answer_streams_as_a_normal_openai_stream(
@@ -306,7 +307,7 @@ def test_client_gone_while_the_student_answers_cancels_the_student_call(
     proxy = routed_proxy(student_timeout_seconds=30)
     set_policy(proxy, mode="live", cutover_percent=100, audit_percent=0)
     watched = WatchedStudent(proxy.runtime.students)
-    proxy.runtime.students = watched
+    proxy.runtime.router = dataclasses.replace(proxy.runtime.router, students=watched)
     vllm.delay = 5.0
     started = time.monotonic()
     with pytest.raises(httpx.ReadTimeout):
