@@ -14,6 +14,10 @@ JSONDocument = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
 
 TASK_NAME_MAX = 64
 
+# The API a request came on: Chat Completions, the Responses API or Anthropic's Messages.
+Dialect = Literal["chat", "responses", "messages"]
+DIALECTS: tuple[Dialect, ...] = ("chat", "responses", "messages")
+
 # A task's mode: teacher only, the student answering on the side, or serving a cutover.
 Mode = Literal["off", "shadow", "live"]
 MODES: tuple[Mode, ...] = ("off", "shadow", "live")
@@ -82,6 +86,12 @@ class Task(SQLModel, table=True):
     label_count: int | None = Field(
         default=None, description="distinct teacher answers of a label-like task"
     )
+    field_kinds: dict[str, Any] | None = Field(
+        default=None,
+        sa_type=JSONDocument,
+        description="a json task's fields by path: span, label, constant or unsupported "
+        "(latest curation)",
+    )
 
 
 class ExchangeBase(SQLModel):
@@ -106,6 +116,30 @@ class ExchangeBase(SQLModel):
         max_length=16, description="ok, error (an error answer) or aborted (cut short)"
     )
     http_status: int
+    dialect: str = Field(
+        default="chat",
+        max_length=16,
+        sa_column_kwargs={"server_default": "chat"},
+        description="chat, responses or messages (a Dialect): the API the request came on",
+    )
+    client_request: dict[str, Any] | None = Field(
+        default=None,
+        sa_type=JSONDocument,
+        description="the request as the client sent it, when not on Chat Completions "
+        "(request then holds its Chat Completions view)",
+    )
+    client_response: dict[str, Any] | None = Field(
+        default=None,
+        sa_type=JSONDocument,
+        description="the answer as the client received it, when not on Chat Completions "
+        "(response then holds its chat.completion view)",
+    )
+    response_id: str | None = Field(
+        default=None,
+        index=True,
+        max_length=64,
+        description="the id the client saw (resp_..., msg_...) when it is not the row's",
+    )
     model: str | None = Field(default=None, sa_type=sa.Text)
     stream: bool = False
     request: dict[str, Any] = Field(sa_type=JSONDocument)
