@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 from core.metrics import Metrics
 from core.settings import Settings
-from core.tables import ExchangeCreate
+from core.tables import Dialect, ExchangeCreate
 from core.tasks import TaskRef
 from proxy.gateway.capture import CaptureWriter
 from router.reasons import ServedBy
@@ -33,7 +33,12 @@ Origin = Literal["client", "audit"]  # the exchanges the proxy makes (``import``
 
 @dataclass(slots=True)
 class ExchangeRecorder:
-    """Collects what one call to the teacher or the student did, then records it once."""
+    """Collects what one call to the teacher or the student did, then records it once.
+
+    ``payload`` is the request in Chat Completions form, which metrics, pricing and the
+    store's ``request`` read; for another ``dialect`` it is the canonical view of
+    ``client_request``, the body as the client sent it (see ``core.dialects``).
+    """
 
     settings: Settings
     metrics: Metrics
@@ -42,6 +47,8 @@ class ExchangeRecorder:
     payload: dict[str, Any]
     stream: bool
     origin: Origin = "client"
+    dialect: Dialect = "chat"
+    client_request: dict[str, Any] | None = None
     started: float = field(default_factory=time.perf_counter)
     created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     recorded: bool = False
@@ -56,6 +63,8 @@ class ExchangeRecorder:
         response: dict[str, Any] | None,
         upstream_seconds: float = 0.0,
         first_chunk_seconds: float | None = None,
+        client_response: dict[str, Any] | None = None,
+        response_id: str | None = None,
     ) -> None:
         """Count the exchange in the metrics and queue it for the store (once: later calls
         do nothing).
@@ -63,7 +72,9 @@ class ExchangeRecorder:
         ``status`` is ``ok`` (a complete answer), ``error`` (an error answer) or
         ``aborted`` (cut short by the client or the teacher: never a training pair).
         ``upstream_seconds``: time spent waiting on the teacher or the student, which is
-        not the proxy's overhead.
+        not the proxy's overhead. For another dialect than chat, ``response`` is the
+        answer's chat.completion view, ``client_response`` the answer as the client got it
+        and ``response_id`` the id the client saw.
         """
         if self.recorded:
             return
@@ -97,6 +108,10 @@ class ExchangeRecorder:
                 stream=self.stream,
                 request=self.payload,
                 response=response,
+                dialect=self.dialect,
+                client_request=self.client_request,
+                client_response=client_response,
+                response_id=response_id,
                 finish_reason=choices[0].get("finish_reason") if choices else None,
                 prompt_tokens=usage.get("prompt_tokens"),
                 completion_tokens=usage.get("completion_tokens"),
