@@ -43,8 +43,9 @@ class ModelPrice(BaseModel):
         ) / 1_000_000
 
 
-# List prices of the OpenAI models teams most often distil from (USD per million tokens).
-# Override or extend with STILLROOM_PRICES or a [prices] table in the config file.
+# List prices of the OpenAI and Anthropic models teams most often distil from (USD per
+# million tokens). Override or extend with STILLROOM_PRICES or a [prices] table in the
+# config file.
 DEFAULT_PRICES: dict[str, ModelPrice] = {
     "gpt-4o": ModelPrice(input=2.50, output=10.00, cached_input=1.25),
     "gpt-4o-mini": ModelPrice(input=0.15, output=0.60, cached_input=0.075),
@@ -54,11 +55,19 @@ DEFAULT_PRICES: dict[str, ModelPrice] = {
     "gpt-5": ModelPrice(input=1.25, output=10.00, cached_input=0.125),
     "gpt-5-mini": ModelPrice(input=0.25, output=2.00, cached_input=0.025),
     "gpt-5-nano": ModelPrice(input=0.05, output=0.40, cached_input=0.005),
+    # Anthropic's, for /v1/messages; a cache read costs a tenth of an input token.
+    "claude-opus-4": ModelPrice(input=15.00, output=75.00, cached_input=1.50),
+    "claude-opus-4-5": ModelPrice(input=5.00, output=25.00, cached_input=0.50),
+    "claude-sonnet-4": ModelPrice(input=3.00, output=15.00, cached_input=0.30),
+    "claude-3-7-sonnet": ModelPrice(input=3.00, output=15.00, cached_input=0.30),
+    "claude-haiku-4-5": ModelPrice(input=1.00, output=5.00, cached_input=0.10),
+    "claude-3-5-haiku": ModelPrice(input=0.80, output=4.00, cached_input=0.08),
+    "claude-3-haiku": ModelPrice(input=0.25, output=1.25, cached_input=0.03),
 }
 
 
-StudentKind = Literal["lora", "classifier"]
-STUDENT_KINDS: tuple[StudentKind, ...] = ("lora", "classifier")
+StudentKind = Literal["lora", "classifier", "extractor"]
+STUDENT_KINDS: tuple[StudentKind, ...] = ("lora", "classifier", "extractor")
 
 
 class Settings(BaseSettings):
@@ -80,6 +89,15 @@ class Settings(BaseSettings):
         default_factory=list,
         description="Comma-separated keys clients must present when the server holds the "
         "teacher key.",
+    )
+    anthropic_url: str = Field(
+        default="https://api.anthropic.com",
+        description="Base URL of the teacher for /v1/messages (Anthropic's Messages API).",
+    )
+    anthropic_api_key: SecretStr | None = Field(
+        default=None,
+        description="Anthropic key held by the server. Unset: each client's own key "
+        "(x-api-key) is passed on.",
     )
     admin_token: SecretStr | None = Field(
         default=None,
@@ -222,8 +240,9 @@ class Settings(BaseSettings):
     student_kinds: Annotated[list[StudentKind], NoDecode] = Field(
         default_factory=lambda: list(STUDENT_KINDS),
         description="Student kinds the distiller trains (comma-separated). A label-like "
-        "task gets one of each, and the one serving more traffic at the target agreement "
-        "is published (a tie goes to the classifier); other tasks get lora.",
+        "task gets a classifier and lora, an extractor-shaped JSON task an extractor and "
+        "lora, and the one serving more traffic at the target agreement is published (a "
+        "tie goes to the cheaper kind); other tasks get lora.",
     )
     classifier_max_heads: int = Field(
         default=256,
@@ -236,6 +255,23 @@ class Settings(BaseSettings):
     embedding_model: str | None = Field(
         default=None,
         description="sentence-transformers model for embeddings. Unset: bundled all-MiniLM-L6-v2.",
+    )
+    embedding_batch_ms: float = Field(
+        default=0.0,
+        ge=0,
+        description="How long a request for a student inside the proxy (classifier) that "
+        "finds the encoder idle waits for others to share its embedding call. Requests that "
+        "come while a call runs share the next one whatever this is.",
+    )
+    embedding_batch_max: int = Field(
+        default=16, ge=1, description="Most requests a proxy embeds in one call."
+    )
+    proxy_torch_threads: int = Field(
+        default=1,
+        ge=1,
+        description="torch threads of a proxy's process (its in-proxy students' embeddings; in "
+        "`serve`, the embedded student server's too). One keeps the model from spinning on "
+        "cores the event loop needs: a single prompt embeds fastest on one thread.",
     )
     student_timeout_seconds: float = Field(
         default=10.0,
@@ -316,7 +352,7 @@ class Settings(BaseSettings):
     @classmethod
     def _some_kind(cls, value: list[str]) -> list[str]:
         if not value:
-            raise ValueError("name at least one student kind: lora, classifier")
+            raise ValueError("name at least one student kind: lora, classifier, extractor")
         return list(dict.fromkeys(value))
 
     @field_validator("prices")
@@ -324,7 +360,7 @@ class Settings(BaseSettings):
     def _extend_default_prices(cls, value: dict[str, ModelPrice]) -> dict[str, ModelPrice]:
         return {**DEFAULT_PRICES, **value}
 
-    @field_validator("teacher_url", "student_url")
+    @field_validator("teacher_url", "student_url", "anthropic_url")
     @classmethod
     def _strip_slash(cls, value: str | None) -> str | None:
         return None if value is None else _http_url(value)
@@ -401,7 +437,9 @@ def settings_reference() -> str:
         else:
             default = info.default
         if name == "prices":
-            shown = "OpenAI list prices of " + ", ".join(f"`{m}`" for m in DEFAULT_PRICES)
+            shown = "OpenAI's and Anthropic's list prices of " + ", ".join(
+                f"`{m}`" for m in DEFAULT_PRICES
+            )
         elif isinstance(default, ModelPrice):
             shown = f"`{default.model_dump_json(exclude_none=True)}`"
         elif default is None or default == []:

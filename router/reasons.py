@@ -15,7 +15,25 @@ ServedBy = Literal["teacher", "student", "fallback"]
 
 # The teacher answers without the student being asked.
 Ineligible = Literal["n", "tools", "media", "response_format", "model", "too_long"]
-NotAsked = Literal["no_student", "off", "shadow", "cutover", "difficult", Ineligible]
+# What only the teacher can do, on the Responses and Messages APIs (the reasons of
+# ``core.dialects.responses.teacher_only`` and ``core.dialects.messages.teacher_only``),
+# and teacher_state: a ``previous_response_id`` naming a response the teacher holds.
+TeacherOnly = Literal[
+    "builtin_tool",
+    "background",
+    "reasoning_items",
+    "server_items",
+    "conversation",
+    "prompt_template",
+    "server_include",
+    "server_tool",
+    "thinking",
+    "mcp_servers",
+    "container",
+    "media_input",
+    "teacher_state",
+]
+NotAsked = Literal["no_student", "off", "shadow", "cutover", "difficult", Ineligible, TeacherOnly]
 
 # The student was asked; its answer was not good enough to serve (the teacher falls back).
 # Declined: it would not answer (an unfamiliar input), or could not (no replica of the
@@ -32,6 +50,11 @@ REASONS: frozenset[str] = frozenset(get_args(RoutingReason))
 def as_ineligible(value: str) -> Ineligible:
     """An eligibility rule's reason (``router.eligibility``), checked."""
     return cast(Ineligible, _declared(value, Ineligible))
+
+
+def as_teacher_only(value: str) -> TeacherOnly:
+    """A dialect's reason that only the teacher can answer a request, checked."""
+    return cast(TeacherOnly, _declared(value, TeacherOnly))
 
 
 def as_output_problem(value: str) -> OutputProblem:

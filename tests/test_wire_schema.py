@@ -428,6 +428,17 @@ def test_vendored_schemas_are_valid_draft_2020_12() -> None:
         Draft202012Validator.check_schema(schema)
 
 
+def test_a_schema_that_nests_itself_is_checked_at_every_depth() -> None:
+    """``CompoundFilter`` refers to itself the Draft 2019-09 way; the loader spells that
+    as a plain ``$ref``, so a nested filter is still checked."""
+    leaf = {"type": "eq", "key": "team", "value": "support"}
+    validate(
+        "CompoundFilter", {"type": "and", "filters": [leaf, {"type": "or", "filters": [leaf]}]}
+    )
+    with pytest.raises(AssertionError, match="filters"):
+        validate("CompoundFilter", {"type": "and", "filters": [{"type": "or", "filters": "x"}]})
+
+
 def test_openapi_nullable_keyword_is_translated_away() -> None:
     assert "nullable" in SCHEMAS_PATH.read_text(encoding="utf-8")
     assert '"nullable"' not in json.dumps(load_schemas())

@@ -11,6 +11,9 @@ OpenAPI is not quite JSON Schema, so the schemas are adjusted once, on load:
   the stream chunk's ``finish_reason``, ``logprobs`` and ``usage``) is turned into
   ``anyOf: [<schema>, {"type": "null"}]``. A JSON Schema validator would otherwise ignore it
   and reject the ``null`` that every real stream chunk carries.
+* ``$recursiveAnchor``/``$recursiveRef: "#"`` (Draft 2019-09, used by the file search
+  tool's ``CompoundFilter``, which nests itself) become a plain ``$ref`` to the schema
+  itself: Draft 2020-12 has no such keywords and refuses ``$recursiveAnchor: true``.
 * ``system_fingerprint`` is allowed to be ``null``: the spec says string, but the API has
   sent ``null`` for some models and the official SDK types it ``Optional[str]``.
 
@@ -105,6 +108,21 @@ class _Validator(Protocol):
     def iter_errors(self, instance: object) -> Iterable[_SchemaError]: ...
 
 
+def _spell_recursion(schema: object, own_ref: str) -> Any:
+    """A copy of ``schema`` with its Draft 2019-09 self-reference as a plain ``$ref``."""
+    if isinstance(schema, list):
+        return [_spell_recursion(item, own_ref) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    if schema.get("$recursiveRef") == "#":
+        return {"$ref": own_ref}
+    return {
+        key: _spell_recursion(value, own_ref)
+        for key, value in schema.items()
+        if key != "$recursiveAnchor"
+    }
+
+
 def openapi_to_json_schema(schema: object) -> Any:
     """A copy of an OpenAPI schema with ``nullable: true`` spelled the JSON Schema way."""
     if isinstance(schema, list):
@@ -129,7 +147,7 @@ def load_schemas() -> dict[str, Any]:
     """The component schemas from ``schemas.json``, adjusted to validate like the real API."""
     document = json.loads(SCHEMAS_PATH.read_text(encoding="utf-8"))
     schemas: dict[str, Any] = {
-        name: openapi_to_json_schema(schema)
+        name: openapi_to_json_schema(_spell_recursion(schema, f"#/components/schemas/{name}"))
         for name, schema in document["components"]["schemas"].items()
     }
     for schema_name, prop in _ALSO_NULLABLE:
@@ -217,6 +235,64 @@ def validate_models_list(instance: object) -> None:
 def validate_embeddings(instance: object) -> None:
     """A ``/v1/embeddings`` response body."""
     validate("CreateEmbeddingResponse", instance)
+
+
+def validate_response(instance: object) -> None:
+    """A non-streaming ``/v1/responses`` response body (a ``response`` object)."""
+    validate("Response", instance)
+
+
+def validate_input_items(instance: object) -> None:
+    """A ``GET /v1/responses/{id}/input_items`` body (a list of input items)."""
+    validate("ResponseItemList", instance)
+
+
+_RESPONSE_STREAM_ENDS = frozenset(
+    {"response.completed", "response.incomplete", "response.failed", "error"}
+)
+
+
+def validate_response_stream(body: bytes) -> list[dict[str, Any]]:
+    """Assert that ``body`` is a well-formed Responses API stream; return its JSON events.
+
+    Every event must carry an ``event:`` line naming its type and a ``data:`` line whose
+    JSON validates as a ``ResponseStreamEvent`` of that ``type``; ``sequence_number``
+    counts up from 0 by one; the first event is ``response.created`` and the last, and
+    only the last, ends the response (``response.completed``, ``response.incomplete``,
+    ``response.failed`` or ``error``). There is no ``[DONE]`` in this API.
+    """
+    text = body.decode("utf-8").replace("\r\n", "\n")
+    problems: list[str] = []
+    if not text.endswith("\n\n"):
+        problems.append(f"last event is not terminated by a blank line: {text[-60:]!r}")
+    events: list[dict[str, Any]] = []
+    for number, block in enumerate(filter(None, text.split("\n\n")), start=1):
+        names = [
+            line[len("event:") :].strip() for line in block.split("\n") if line.startswith("event:")
+        ]
+        data = _sse_data(block)
+        if data is None or len(names) != 1:
+            problems.append(f"event {number} needs one event: and a data: line: {block[:80]!r}")
+            continue
+        payload = json.loads(data)
+        if payload.get("type") != names[0]:
+            problems.append(f"event {number}: event: {names[0]} but type {payload.get('type')}")
+        if payload.get("sequence_number") != len(events):
+            problems.append(f"event {number}: sequence_number {payload.get('sequence_number')}")
+        errors = schema_errors("ResponseStreamEvent", payload)
+        if errors:
+            problems.append(f"event {number} ({names[0]}) does not match ResponseStreamEvent:")
+            problems.extend(errors)
+        events.append(payload)
+    kinds = [event.get("type") for event in events]
+    if not kinds or kinds[0] != "response.created":
+        problems.append(f"the stream does not open with response.created: {kinds[:1]}")
+    ends = [number for number, kind in enumerate(kinds) if kind in _RESPONSE_STREAM_ENDS]
+    if ends != [len(kinds) - 1]:
+        problems.append(f"the stream must end once, with its last event: {kinds}")
+    if problems:
+        raise AssertionError("invalid Responses API stream:\n" + "\n".join(problems))
+    return events
 
 
 def _sse_data(event: str) -> str | None:

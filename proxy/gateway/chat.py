@@ -13,7 +13,7 @@ import time
 
 import orjson
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 
 from core.tasks import TASK_HEADER, identify_task
 from core.wire import ChatCompletionRequest
@@ -29,7 +29,7 @@ from proxy.gateway.routing import (
     submit_audit,
 )
 from proxy.gateway.runtime import Runtime
-from proxy.gateway.teacher_call import StreamedAnswer, call_teacher
+from proxy.gateway.teacher_call import call_teacher, relayed
 from router.route import Outcome
 
 
@@ -98,16 +98,4 @@ async def _teacher(
         strip_usage=strip_usage,
         on_answer=shadow_hook(runtime, outcome, recorder.id),
     )
-    own = outcome_headers(outcome)
-    if isinstance(answer, StreamedAnswer):
-        streamed = StreamingResponse(answer.events, status_code=200)
-        streamed.raw_headers = answer.headers + own
-        return streamed
-    return _response(answer.content, answer.status_code, answer.headers + own)
-
-
-def _response(content: bytes, status_code: int, headers: RawHeaders) -> Response:
-    """A response with exactly these headers (repeated ones kept) and a fresh length."""
-    response = Response(content, status_code=status_code)
-    response.raw_headers = [*headers, (b"content-length", str(len(content)).encode())]
-    return response
+    return relayed(answer, outcome_headers(outcome))

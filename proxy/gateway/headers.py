@@ -21,6 +21,8 @@ HOP_BY_HOP = frozenset(
 # Never sent upstream: set again by the HTTP client, or meant for stillroom only.
 _NOT_FORWARDED = frozenset({b"host", b"content-length", b"accept-encoding"})
 _OWN_PREFIX = b"x-stillroom-"
+# Where clients put their keys (OpenAI's, Azure's, Anthropic's): dropped for the server's.
+_KEY_HEADERS = frozenset({b"authorization", b"api-key", b"x-api-key"})
 # Never sent back: the server the proxy runs under (uvicorn, its date and server headers
 # on) adds its own to every answer, the proxy's own (errors, student answers) included, so
 # the teacher's would repeat them. The proxy's stay, not the teacher's, as nginx does by
@@ -45,9 +47,12 @@ def teacher_request_headers(
     teacher_key: str | None,
     accept_encoding: bytes | None = None,
     decoded: bool = False,
+    anthropic: bool = False,
 ) -> RawHeaders:
     """Headers to send the teacher: the client's end-to-end headers, with its
-    ``Authorization`` replaced by the server's teacher key when the server holds one.
+    ``Authorization`` replaced by the server's teacher key when the server holds one
+    (with ``anthropic``, the key goes as Anthropic's ``x-api-key``; the client's
+    ``anthropic-version`` and ``anthropic-beta`` pass on like any other header).
 
     ``accept_encoding`` sets what the teacher may compress with; None lets the HTTP
     client choose (it decompresses what it asked for). With ``decoded`` the proxy sends
@@ -61,10 +66,12 @@ def teacher_request_headers(
         lower = name.lower()
         if lower in dropped or lower.startswith(_OWN_PREFIX):
             continue
-        if teacher_key is not None and lower in (b"authorization", b"api-key"):
+        if teacher_key is not None and lower in _KEY_HEADERS:
             continue
         headers.append((lower, value))
-    if teacher_key is not None:
+    if teacher_key is not None and anthropic:
+        headers.append((b"x-api-key", teacher_key.encode()))
+    elif teacher_key is not None:
         headers.append((b"authorization", b"Bearer " + teacher_key.encode()))
     if accept_encoding is not None:
         headers.append((b"accept-encoding", accept_encoding))

@@ -27,11 +27,14 @@ async def healthz() -> dict[str, str]:
 @router.get("/readyz")
 async def readyz(runtime: RuntimeDep) -> JSONResponse:
     """Ready: the store answers a query and takes exchanges (its schema fits this build),
-    and the teacher answers HTTP (any status)."""
+    the teacher answers HTTP (any status), and the processes this one depends on (the
+    distiller of ``stillroom serve``) run."""
     store, teacher = await asyncio.gather(_check_store(runtime), _check_teacher(runtime))
-    ready = store == "ok" and teacher == "ok"
+    checks = {"store": store, "teacher": teacher}
+    checks |= {name: state() for name, state in runtime.processes.items()}
+    ready = all(check == "ok" for check in checks.values())
     return JSONResponse(
-        {"status": "ready" if ready else "not ready", "store": store, "teacher": teacher},
+        {"status": "ready" if ready else "not ready", **checks},
         status_code=200 if ready else 503,
     )
 

@@ -1,4 +1,5 @@
-"""Every ``/v1/*`` path other than chat completions: passed to the teacher byte for byte."""
+"""Every ``/v1/*`` path stillroom does not answer itself: passed to the teacher byte for
+byte (the OpenAI teacher, or for ``/v1/messages/*``, such as ``count_tokens``, Anthropic)."""
 
 from __future__ import annotations
 
@@ -16,16 +17,19 @@ from proxy.gateway.runtime import Runtime
 log = logging.getLogger("stillroom.proxy")
 
 
-async def pass_through(request: Request, runtime: Runtime) -> Response:
+async def pass_through(request: Request, runtime: Runtime, *, anthropic: bool = False) -> Response:
     """Send the request on as it came (method, path, query, body, end-to-end headers) and
-    stream the teacher's answer back undecoded, its encoding and length intact."""
+    stream the teacher's answer back undecoded, its encoding and length intact. With
+    ``anthropic``, to the Anthropic teacher (with the server's Anthropic key, if held)."""
     has_body = "content-length" in request.headers or "transfer-encoding" in request.headers
     headers = teacher_request_headers(
         request.headers.raw,
-        teacher_key=runtime.teacher_key,
+        teacher_key=runtime.anthropic_key if anthropic else runtime.teacher_key,
         accept_encoding=request.headers.get("accept-encoding", "identity").encode(),
+        anthropic=anthropic,
     )
-    response = await runtime.teacher.send(
+    teacher = runtime.anthropic if anthropic else runtime.teacher
+    response = await teacher.send(
         request.method,
         request.url.path,
         headers=headers,

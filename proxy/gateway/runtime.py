@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import httpx
 from sqlalchemy.engine import Engine
@@ -36,9 +37,24 @@ class Runtime:
     scorer: Scorer
     difficulty: DifficultyGate | None
     router: Router
+    # The teacher of /v1/messages (STILLROOM_ANTHROPIC_URL), on the same pooled client.
+    anthropic: Teacher = field(init=False)
+    # Processes this one depends on (``stillroom serve``'s distiller): name -> its state,
+    # "ok" or what is wrong; ``/readyz`` reports each.
+    processes: dict[str, Callable[[], str]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        base_url = self.settings.anthropic_url.removesuffix("/v1") + "/v1"
+        self.anthropic = Teacher(base_url=base_url, client=self.http_client, metrics=self.metrics)
 
     @property
     def teacher_key(self) -> str | None:
         """The server-held teacher key, if the server holds one."""
         key = self.settings.teacher_api_key
+        return key.get_secret_value() if key is not None else None
+
+    @property
+    def anthropic_key(self) -> str | None:
+        """The server-held Anthropic key, if the server holds one."""
+        key = self.settings.anthropic_api_key
         return key.get_secret_value() if key is not None else None

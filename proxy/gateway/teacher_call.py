@@ -1,11 +1,12 @@
-"""Asking the teacher for one exchange and recording it: the one way a chat completion
-reaches the teacher, for a client's request (plain or streamed, first or as the fallback)
-and for an audit.
+"""Asking the teacher for one exchange and recording it: the one way a request reaches
+the teacher, in any dialect (Chat Completions, Responses, Messages: see
+``proxy.gateway.teacher_dialects``), for a client's request (plain or streamed, first or
+as the fallback) and for an audit.
 
 A whole answer is recorded as soon as it is read; a stream is relayed event by event as
 it arrives and recorded, reassembled, when it ends. A call cancelled (the client went
 away) is recorded as aborted, a failed one as the error it raises, a stream with an event
-that is no chunk as an error.
+that breaks its dialect as an error.
 """
 
 from __future__ import annotations
@@ -18,13 +19,15 @@ from typing import Any, Literal, overload
 import anyio
 import httpx
 import orjson
+from starlette.responses import Response, StreamingResponse
 
+from core.dialects.errors import DialectError
 from core.errors import StillroomError
-from core.wire import ErrorBody, sse
 from proxy.gateway.headers import RawHeaders, client_response_headers
 from proxy.gateway.recording import ExchangeRecorder, Status
-from proxy.gateway.streaming import EventSplitter, StreamAssembler
-from proxy.gateway.teacher import CHAT_PATH, Teacher
+from proxy.gateway.streaming import EventSplitter
+from proxy.gateway.teacher import Teacher
+from proxy.gateway.teacher_dialects import CHAT, AnswerViews, TeacherDialect
 from router.reasons import ServedBy
 
 OnAnswer = Callable[[dict[str, Any]], None]
@@ -36,9 +39,10 @@ class WholeAnswer:
 
     status_code: int
     headers: RawHeaders  # the teacher's, as the client may see them
-    content: bytes  # the teacher's body, or an OpenAI error for an error status without one
-    completion: dict[str, Any] | None  # the answer, when the teacher answered ok
+    content: bytes  # the teacher's body, or an error for an error status without one
+    completion: dict[str, Any] | None  # the answer's chat view, when the teacher answered ok
     error: dict[str, Any] | None  # else the error, as recorded
+    views: AnswerViews | None = None  # how the ok answer was recorded
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +64,7 @@ async def call_teacher(
     stream: Literal[False] = False,
     strip_usage: bool = False,
     on_answer: OnAnswer | None = None,
+    dialect: TeacherDialect = CHAT,
 ) -> WholeAnswer: ...
 
 
@@ -74,6 +79,7 @@ async def call_teacher(
     stream: bool,
     strip_usage: bool = False,
     on_answer: OnAnswer | None = None,
+    dialect: TeacherDialect = CHAT,
 ) -> WholeAnswer | StreamedAnswer: ...
 
 
@@ -87,18 +93,19 @@ async def call_teacher(
     stream: bool = False,
     strip_usage: bool = False,
     on_answer: OnAnswer | None = None,
+    dialect: TeacherDialect = CHAT,
 ) -> WholeAnswer | StreamedAnswer:
-    """Send the chat completion ``body`` to the teacher and record the exchange as
+    """Send ``body``, a request in ``dialect``, to the teacher and record the exchange as
     ``served_by``. With ``stream``, an event stream comes back as a :class:`StreamedAnswer`
     (anything else, an error for one, whole). ``strip_usage``: the proxy asked for usage
     the client did not; it is kept out of the relayed stream. ``on_answer`` gets the
-    complete answer if, and once, the teacher answered ok (a shadow's cue)."""
+    complete answer's chat view if, and once, the teacher answered ok (a shadow's cue)."""
     started = time.perf_counter()
     with recorder.aborted_if_cancelled(served_by):
         try:
-            response = await teacher.send("POST", CHAT_PATH, headers=headers, content=body)
+            response = await teacher.send("POST", dialect.path, headers=headers, content=body)
             if stream and _is_event_stream(response):
-                relay = _Relay(recorder, served_by, strip_usage, on_answer, started)
+                relay = _Relay(recorder, served_by, dialect, strip_usage, on_answer, started)
                 return StreamedAnswer(_decoded_headers(response), relay.events(response))
             content = await teacher.read(response)
         except StillroomError as exc:
@@ -110,35 +117,57 @@ async def call_teacher(
             )
             raise
     upstream_seconds = time.perf_counter() - started
-    answer = _whole(response, content)
+    answer = _whole(response, content, dialect)
+    views = answer.views
     recorder.record(
         served_by=served_by,
         status="ok" if answer.completion is not None else "error",
         http_status=response.status_code,
         response=answer.completion if answer.completion is not None else answer.error,
         upstream_seconds=upstream_seconds,
+        client_response=views.client_response if views is not None else None,
+        response_id=views.response_id if views is not None else None,
     )
     if answer.completion is not None and on_answer is not None:
         on_answer(answer.completion)
     return answer
 
 
-def _whole(response: httpx.Response, content: bytes) -> WholeAnswer:
+def relayed(answer: WholeAnswer | StreamedAnswer, own: RawHeaders) -> Response:
+    """The teacher's answer as the client gets it, with ``own`` headers added: the
+    stream as it arrives, or the whole body with exactly the teacher's headers (repeated
+    ones kept) and a fresh length."""
+    if isinstance(answer, StreamedAnswer):
+        streamed = StreamingResponse(answer.events, status_code=200)
+        streamed.raw_headers = answer.headers + own
+        return streamed
+    response = Response(answer.content, status_code=answer.status_code)
+    length = (b"content-length", str(len(answer.content)).encode())
+    response.raw_headers = [*answer.headers, length, *own]
+    return response
+
+
+def _whole(response: httpx.Response, content: bytes, dialect: TeacherDialect) -> WholeAnswer:
     """The teacher's whole answer as the client gets it: an error status with a body that
-    is no OpenAI error gets one instead."""
+    is no error of the dialect gets one instead, and so does an ok answer that cannot be
+    read as one."""
     parsed = _json_or_none(content)
     status, headers = response.status_code, _decoded_headers(response)
     if status >= 400:
-        error = parsed if isinstance(parsed, dict) and "error" in parsed else None
+        error = parsed if dialect.is_error(parsed) else None
         if error is None:
-            error = _wrapped_error(response, content)
+            error = _wrapped_error(response, content, dialect)
             content = orjson.dumps(error)
         return WholeAnswer(status, headers, content, completion=None, error=error)
     if isinstance(parsed, dict):
-        return WholeAnswer(status, headers, content, completion=parsed, error=None)
-    return WholeAnswer(
-        status, headers, content, completion=None, error=_wrapped_error(response, content)
-    )
+        try:
+            views = dialect.views(parsed)
+        except DialectError:
+            views = None
+        if views is not None and views.completion is not None:
+            return WholeAnswer(status, headers, content, views.completion, None, views)
+    error = _wrapped_error(response, content, dialect)
+    return WholeAnswer(status, headers, content, completion=None, error=error)
 
 
 class _Relay:
@@ -148,13 +177,15 @@ class _Relay:
         self,
         recorder: ExchangeRecorder,
         served_by: ServedBy,
+        dialect: TeacherDialect,
         strip_usage: bool,
         on_answer: OnAnswer | None,
         started: float,
     ) -> None:
         self.recorder = recorder
         self.served_by = served_by
-        self.assembler = StreamAssembler(strip_usage=strip_usage)
+        self.dialect = dialect
+        self.assembler = dialect.assembler(strip_usage=strip_usage)
         self.on_answer = on_answer
         self.started = started
         self.first_byte: float | None = None
@@ -189,7 +220,7 @@ class _Relay:
             self.recorder.metrics.teacher_failures.labels(
                 reason="timeout" if outcome == "timeout" else "stream_cut"
             ).inc()
-            yield sse(_stream_error(outcome, assembler.malformed))
+            yield assembler.error_event(*_stream_error(outcome, assembler.malformed))
 
     def _take(self, events: list[bytes]) -> list[bytes]:
         """What to forward of ``events``, up to and including a malformed one.
@@ -214,14 +245,17 @@ class _Relay:
         recorder = self.recorder
         if outcome == "aborted":  # the client went away: the generator was cancelled
             recorder.metrics.client_disconnects.inc()
-        completion = self.assembler.completion()
+        views = self._views()
         status: Status = "aborted"  # cut short, by the client or the teacher
-        response = self.assembler.error or completion
+        response = self.assembler.error or views.completion
+        if outcome == "ok" and views.completion is None:
+            outcome = "malformed"  # it ended, but as no answer of its dialect
         if outcome in ("ok", "error"):
             status = "ok" if outcome == "ok" else "error"
         elif outcome == "malformed":  # an answer with a hole: an error, never a pair
             status = "error"
-            response = _stream_error(outcome, self.assembler.malformed).model_dump()
+            message, code = _stream_error(outcome, self.assembler.malformed)
+            response = self.dialect.error_body(502, message, code)
         recorder.record(
             served_by=self.served_by,
             status=status,
@@ -229,9 +263,21 @@ class _Relay:
             response=response,
             upstream_seconds=self.first_byte - self.started if self.first_byte else 0.0,
             first_chunk_seconds=self.first_chunk - recorder.started if self.first_chunk else None,
+            client_response=views.client_response,
+            response_id=views.response_id,
         )
-        if outcome == "ok" and self.on_answer is not None:
-            self.on_answer(completion)
+        if outcome == "ok" and self.on_answer is not None and views.completion is not None:
+            self.on_answer(views.completion)
+
+    def _views(self) -> AnswerViews:
+        """The reassembled answer as recorded; a partial one may have no chat view."""
+        answer = self.assembler.answer()
+        if answer is None:
+            return AnswerViews(None, None, None)
+        try:
+            return self.dialect.views(answer)
+        except DialectError:
+            return AnswerViews(None, answer, None)
 
 
 def _is_event_stream(response: httpx.Response) -> bool:
@@ -247,18 +293,18 @@ _FAILED = {
         "teacher_timeout",
     ),
     "malformed": (
-        "the teacher sent an event that is not a chat completion chunk, so the answer "
-        "is incomplete",
+        "the teacher sent an event that does not fit its stream, so the answer is incomplete",
         "teacher_stream_malformed",
     ),
 }
 
 
-def _stream_error(outcome: str, malformed: bytes | None) -> ErrorBody:
+def _stream_error(outcome: str, malformed: bytes | None) -> tuple[str, str]:
+    """The message and code of the error that ends a stream that failed this way."""
     message, code = _FAILED[outcome]
     if malformed is not None:
         message += f": {malformed[:200].decode('utf-8', 'replace')!r}"
-    return ErrorBody.of(message, error_type="api_error", code=code)
+    return message, code
 
 
 def _decoded_headers(response: httpx.Response) -> RawHeaders:
@@ -272,14 +318,11 @@ def _json_or_none(content: bytes) -> Any:
         return None
 
 
-def _wrapped_error(response: httpx.Response, content: bytes) -> dict[str, Any]:
-    """An OpenAI-shaped error for a teacher answer that was not one."""
+def _wrapped_error(
+    response: httpx.Response, content: bytes, dialect: TeacherDialect
+) -> dict[str, Any]:
+    """An error in the dialect's shape for a teacher answer that was not one."""
     text = content.decode("utf-8", "replace").strip()[:500]
-    return {
-        "error": {
-            "message": f"the teacher answered HTTP {response.status_code}: {text or '(empty)'}",
-            "type": "api_error",
-            "param": None,
-            "code": "teacher_invalid_response",
-        }
-    }
+    message = f"the teacher answered HTTP {response.status_code}: {text or '(empty)'}"
+    status = response.status_code if response.status_code >= 400 else 502
+    return dialect.error_body(status, message, "teacher_invalid_response")

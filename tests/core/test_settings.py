@@ -248,7 +248,7 @@ def test_price_of_dated_model_is_its_longest_prefix() -> None:
 
 
 def test_price_of_unknown_model_is_none() -> None:
-    assert Settings().price_of("claude-3-haiku") is None
+    assert Settings().price_of("mistral-large-latest") is None
 
 
 def test_price_of_no_model_is_none() -> None:

@@ -2,9 +2,12 @@
 
 It answers ``/v1/chat/completions`` (stream or not, ``n``, tools with parallel calls,
 ``response_format`` json_schema, ``logprobs``, ``stream_options.include_usage``),
-``/v1/models`` and ``/v1/embeddings`` in the wire format of the OpenAI OpenAPI description,
-and echoes any other ``/v1/*`` request. Tests queue faults (:class:`Fault`) and read what
-the teacher received (``requests``) and whether a stream was abandoned (``cancelled``).
+``/v1/responses`` (stream or not: the same answer as chat gives the request's chat view,
+as a ``response`` object or its ``response.*`` events; ``GET``/``DELETE`` of the responses
+it gave), ``/v1/models`` and ``/v1/embeddings`` in the wire format of the OpenAI OpenAPI
+description, and echoes any other ``/v1/*`` request. Tests queue faults (:class:`Fault`)
+and read what the teacher received (``requests``) and whether a stream was abandoned
+(``cancelled``).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import hashlib
 import json
 import threading
 import time
+import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -25,6 +29,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from core.dialects import responses as responses_api
+from core.dialects.errors import DialectError
 from core.wire import (
     SSE_DONE,
     AssistantMessage,
@@ -79,13 +85,21 @@ class FakeTeacher:
         # Answers the text of a chat completion instead of the default echo, if set.
         self.responder: Callable[[dict[str, Any]], str] | None = None
         self.requests: list[Received] = []
+        # Faults apply to the next chat completion or response, whichever comes first.
         self.faults: deque[Fault] = deque()
+        self.responses: dict[str, dict[str, Any]] = {}  # by id, as OpenAI stores them
         # threading events: set on the fake's server thread, awaited by test code.
         self.cancelled = threading.Event()
         self.stream_finished = threading.Event()
         self.app = Starlette(
             routes=[
                 Route("/v1/chat/completions", self.chat, methods=["POST"]),
+                Route("/v1/responses", self.create_response, methods=["POST"]),
+                Route(
+                    "/v1/responses/{response_id}",
+                    self.stored_response,
+                    methods=["GET", "DELETE"],
+                ),
                 Route("/v1/models", self.models, methods=["GET"]),
                 Route("/v1/embeddings", self.embeddings, methods=["POST"]),
                 Route(
@@ -99,6 +113,9 @@ class FakeTeacher:
     def chat_requests(self) -> list[Received]:
         return [r for r in self.requests if r.path == "/v1/chat/completions"]
 
+    def responses_requests(self) -> list[Received]:
+        return [r for r in self.requests if r.path == "/v1/responses"]
+
     async def _receive(self, request: Request) -> Received:
         received = Received(
             method=request.method,
@@ -110,16 +127,25 @@ class FakeTeacher:
         self.requests.append(received)
         return received
 
-    async def chat(self, request: Request) -> Response:
-        received = await self._receive(request)
+    async def _next_fault(self) -> tuple[Fault, Response | None]:
+        """The fault queued for this answer (after its delay), and the error answer it
+        stands for, if it is one."""
         fault = self.faults.popleft() if self.faults else Fault()
         if fault.delay:
             await asyncio.sleep(fault.delay)
-        if fault.status is not None:
-            body = fault.body or _error(fault.status).model_dump_json().encode()
-            return Response(
-                body, status_code=fault.status, headers=fault.headers, media_type="application/json"
-            )
+        if fault.status is None:
+            return fault, None
+        body = fault.body or _error(fault.status).model_dump_json().encode()
+        failed = Response(
+            body, status_code=fault.status, headers=fault.headers, media_type="application/json"
+        )
+        return fault, failed
+
+    async def chat(self, request: Request) -> Response:
+        received = await self._receive(request)
+        fault, failed = await self._next_fault()
+        if failed is not None:
+            return failed
         payload = received.json()
         headers = {
             "x-request-id": "req_fake",
@@ -135,20 +161,70 @@ class FakeTeacher:
         return JSONResponse(completion(payload, self.responder), headers=headers)
 
     async def _stream(self, payload: dict[str, Any], fault: Fault) -> AsyncIterator[bytes]:
+        events = [sse(chunk) for chunk in chunks(payload, self.responder)]
+        async for event in self._send(events, fault, end=SSE_DONE):
+            yield event
+
+    async def _send(
+        self, events: list[bytes], fault: Fault, *, end: bytes = b""
+    ) -> AsyncIterator[bytes]:
+        """The events one by one (``end`` after them), as the fault paces or cuts them."""
         self.cancelled.clear()
         self.stream_finished.clear()
         try:
-            for number, chunk in enumerate(chunks(payload, self.responder)):
+            for number, event in enumerate(events):
                 if fault.cut_after is not None and number >= fault.cut_after:
                     raise ConnectionAbortedError("fake teacher cut the stream")
                 if number and fault.event_interval:
                     await asyncio.sleep(fault.event_interval)
-                yield sse(chunk)
-            yield SSE_DONE
+                yield event
+            if end:
+                yield end
             self.stream_finished.set()
         except asyncio.CancelledError:
             self.cancelled.set()
             raise
+
+    async def create_response(self, request: Request) -> Response:
+        """``POST /v1/responses``: the answer chat would give the request's chat view."""
+        received = await self._receive(request)
+        fault, failed = await self._next_fault()
+        if failed is not None:
+            return failed
+        payload = received.json()
+        try:
+            answer = completion(responses_api.chat_request(payload), self.responder)
+        except DialectError as exc:
+            return JSONResponse(exc.to_body(), status_code=exc.status_code)
+        response = responses_api.response_object(
+            answer, payload, response_id=f"resp_{uuid.uuid4().hex}", created_at=int(time.time())
+        )
+        if payload.get("store", True):
+            self.responses[response["id"]] = response
+        headers = {"x-request-id": "req_fake", **fault.headers}
+        if payload.get("stream"):
+            return StreamingResponse(
+                self._send(responses_api.response_events(response), fault),
+                media_type="text/event-stream; charset=utf-8",
+                headers=headers,
+            )
+        return JSONResponse(response, headers=headers)
+
+    async def stored_response(self, request: Request) -> Response:
+        """``GET`` or ``DELETE /v1/responses/{id}`` of a response this teacher gave."""
+        await self._receive(request)
+        response_id = request.path_params["response_id"]
+        if response_id not in self.responses:
+            missing = ErrorBody.of(
+                f"Response with id '{response_id}' not found.",
+                error_type="invalid_request_error",
+                param="response_id",
+            )
+            return JSONResponse(missing.model_dump(), status_code=404)
+        if request.method == "DELETE":
+            del self.responses[response_id]
+            return JSONResponse({"id": response_id, "object": "response", "deleted": True})
+        return JSONResponse(self.responses[response_id])
 
     async def models(self, request: Request) -> Response:
         await self._receive(request)

@@ -4,8 +4,9 @@ The source is ``openapi.yaml`` from https://github.com/openai/openai-openapi (MI
 ``LICENSE`` beside this file; the copy in this directory came from commit ``f85dbe2``). The
 whole description is about 3 MB, and the tests must not depend on anything outside the
 repository, so this script keeps only the component schemas our wire tests validate against
-(chat completions, stream chunks, errors, model lists, embeddings) plus every schema they
-reach through ``$ref``, and writes them to ``schemas.json`` beside this file as
+(chat completions, stream chunks, errors, model lists, embeddings, Responses API responses,
+their stream events and input item lists) plus every schema they reach through ``$ref``,
+and writes them to ``schemas.json`` beside this file as
 ``{"components": {"schemas": {...}}}``. The schemas are copied verbatim: the ``$ref``
 strings stay ``#/components/schemas/<Name>`` and OpenAPI-only keywords (``nullable``,
 ``discriminator``, ``x-oai*``) are left for ``tests/wire_schema.py`` to deal with.
@@ -34,6 +35,9 @@ ROOT_SCHEMAS: tuple[str, ...] = (
     "ListModelsResponse",
     "Model",
     "CreateEmbeddingResponse",
+    "Response",
+    "ResponseStreamEvent",
+    "ResponseItemList",
 )
 """The schemas the wire tests name; everything they reference comes along."""
 
