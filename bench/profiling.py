@@ -87,11 +87,11 @@ def profile_summary(collapsed: Path, rate: int, top: int = 15) -> str:
 
 
 def profile(runner: asyncio.Runner, proxy: Endpoint, seconds: float, out: Path) -> str:
-    """Record the proxy at 300 req/s into ``out``; the summary, or why there is none."""
+    """Record the proxy at 500 req/s into ``out``; the summary, or why there is none."""
     py_spy = py_spy_path()
     if py_spy is None:
         return "profile: py-spy not found (.venv/bin/pip install py-spy)"
-    failure = runner.run(record_profile(py_spy, proxy, 300, seconds, out))
+    failure = runner.run(record_profile(py_spy, proxy, 500, seconds, out))
     if failure or not out.exists():
         return f"profile: py-spy could not record: {failure[-500:]}"
-    return profile_summary(out, 300)
+    return profile_summary(out, 500)

@@ -24,11 +24,19 @@ def default_embedding_model() -> str:
 
 
 class Encoder:
-    """Normalised sentence embeddings; thread-safe; loads its model on first use."""
+    """Normalised sentence embeddings; thread-safe; loads its model on first use.
 
-    def __init__(self, model: str | None = None, *, device: str = "cpu") -> None:
+    ``threads``, when given, sets torch's thread count for the whole process as the model
+    loads (torch has one pool a process): the proxy asks for one, since a model spinning
+    on two cores of a small machine stalls the event loop and each request's own prompt
+    embeds no faster on more."""
+
+    def __init__(
+        self, model: str | None = None, *, device: str = "cpu", threads: int | None = None
+    ) -> None:
         self.model_name = model
         self.device = device
+        self.threads = threads
         self._model: Any = None
         self._lock = threading.Lock()
 
@@ -36,6 +44,11 @@ class Encoder:
         with self._lock:
             if self._model is None:
                 from sentence_transformers import SentenceTransformer
+
+                if self.threads is not None:
+                    import torch
+
+                    torch.set_num_threads(self.threads)
 
                 self._model = SentenceTransformer(
                     self.model_name or default_embedding_model(),

@@ -15,18 +15,35 @@ from __future__ import annotations
 import glob
 import logging
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
+from prometheus_client.registry import Collector
 
 log = logging.getLogger("stillroom.metrics")
 
 SERVED_BY = ("teacher", "student", "fallback")
 TRAINING_OUTCOMES = ("published", "rejected", "failed")
-STUDENT_KINDS = ("lora", "classifier")
+STUDENT_KINDS = ("lora", "classifier", "extractor")
 SCORING_KINDS = ("shadow", "audit")
 MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
+# What the distiller's work moves (training, publishing, drift checks, the threshold
+# controller): in ``stillroom serve`` it runs in a child process that writes these.
+DISTILLER_FAMILIES = frozenset(
+    {
+        "stillroom_training_runs",
+        "stillroom_training_run_seconds",
+        "stillroom_versions_published",
+        "stillroom_drift_score",
+        "stillroom_drift_step_downs",
+        "stillroom_confidence_threshold",
+        "stillroom_threshold_moves",
+        "stillroom_realised_agreement",
+    }
+)
 
 _LATENCY_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 _OVERHEAD_BUCKETS = (0.0002, 0.0005, 0.001, 0.0015, 0.002, 0.003, 0.005, 0.01, 0.025, 0.1)
@@ -38,6 +55,7 @@ class Metrics:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
+        self._distiller_directory: Path | None = None
         r = self.registry
         self.requests = Counter(
             "stillroom_requests",
@@ -231,6 +249,31 @@ class Metrics:
             ["task", "kind"],
             registry=r,
         )
+        # The threshold controller's view (router.threshold_control), each round.
+        self.confidence_threshold = Gauge(
+            "stillroom_confidence_threshold",
+            "Confidence threshold a live task's student answers at: the admin's, the "
+            "controller's or the calibrated one.",
+            ["task"],
+            registry=r,
+            multiprocess_mode="livemostrecent",
+        )
+        self.threshold_moves = Counter(
+            "stillroom_threshold_moves",
+            "Moves of a task's confidence threshold by the controller, by direction (loosen, "
+            "tighten).",
+            ["task", "direction"],
+            registry=r,
+        )
+        self.realised_agreement = Gauge(
+            "stillroom_realised_agreement",
+            "Agreement of the scored answers a live task's student serves at its threshold "
+            "(the controller's window): estimate, low and high of its two-sided 95% "
+            "Clopper-Pearson interval, and lower_bound, the one-sided 95% bound it is held to.",
+            ["task", "figure"],
+            registry=r,
+            multiprocess_mode="livemostrecent",
+        )
         for served_by in SERVED_BY:
             for stream in ("true", "false"):
                 self.request_seconds.labels(served_by=served_by, stream=stream)
@@ -252,6 +295,11 @@ class Metrics:
         for reason in ("agreement", "input"):
             self.step_downs.labels(task=task, reason=reason)
 
+    def prepare_threshold_control(self, task: str) -> None:
+        """Create a live task's threshold move series at zero (see ``prepare_task``)."""
+        for direction in ("loosen", "tighten"):
+            self.threshold_moves.labels(task=task, direction=direction)
+
     def prepare_student(self, task: str) -> None:
         """Create the series a task's student moves, at zero, once the task has a version:
         ``increase()`` counts a series' first value as nothing, so without these the first
@@ -265,15 +313,44 @@ class Metrics:
             for agrees in ("true", "false"):
                 self.scored.labels(task=task, kind=kind, agrees=agrees)
 
+    def include_distiller(self, directory: Path) -> None:
+        """Serve the distiller's metrics (:data:`DISTILLER_FAMILIES`) from the child process
+        that writes them to ``directory`` (``stillroom serve``), in place of this
+        process's own, which stay at zero."""
+        self._distiller_directory = directory
+
     def exposition(self) -> bytes:
         """The Prometheus text format of these metrics; in multiprocess mode, of every
         process sharing the directory."""
         directory = multiprocess_directory()
-        if directory is None:
-            return generate_latest(self.registry)
-        aggregate = CollectorRegistry()
-        MultiProcessCollector(aggregate, path=str(directory))  # type: ignore[no-untyped-call]
-        return generate_latest(aggregate)
+        source: Collector = self.registry
+        if directory is not None:
+            source = CollectorRegistry()
+            MultiProcessCollector(source, path=str(directory))  # type: ignore[no-untyped-call]
+        if self._distiller_directory is None:
+            return generate_latest(source)
+        merged = CollectorRegistry()
+        merged.register(_WithDistiller(source, self._distiller_directory))
+        return generate_latest(merged)
+
+
+class _WithDistiller(Collector):
+    """This process's metrics, but the distiller's families from its child's files."""
+
+    def __init__(self, own: Collector, directory: Path) -> None:
+        self.own = own
+        self.directory = directory
+
+    def collect(self) -> Iterable[Metric]:
+        for family in self.own.collect():
+            if family.name not in DISTILLER_FAMILIES:
+                yield family
+        if not self.directory.is_dir():
+            return
+        child = MultiProcessCollector(None, path=str(self.directory))  # type: ignore[no-untyped-call]
+        for family in child.collect():  # type: ignore[no-untyped-call]
+            if family.name in DISTILLER_FAMILIES:
+                yield family
 
 
 def multiprocess_directory() -> Path | None:

@@ -15,10 +15,12 @@ atomically with the policy.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import math
 import time
 from collections import OrderedDict
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -56,6 +58,14 @@ class ClassifierStudent:
         began = time.perf_counter()
         vector = self.encoder.encode([prompt_key(messages)])[0]
         return PromptEmbedding(vector, time.perf_counter() - began)
+
+    def embed_many(self, batch: Sequence[list[dict[str, Any]]]) -> list[PromptEmbedding]:
+        """Each request's prompt key, embedded in one call of the encoder (blocking: call it
+        from a worker thread); each embedding's time is the call's."""
+        began = time.perf_counter()
+        vectors = self.encoder.encode([prompt_key(messages) for messages in batch])
+        seconds = time.perf_counter() - began
+        return [PromptEmbedding(vector, seconds) for vector in vectors]
 
     async def answer(
         self, student: StudentRef, payload: dict[str, Any], *, prompt: PromptEmbedding | None = None
@@ -130,6 +140,11 @@ class ClassifierStudent:
             self.encoder.encode(["load the model"])
         except Exception as exc:  # the first request will load it, or say why not
             log.warning("could not load the encoder of classifier students: %s", exc)
+            return
+        # The model's objects live as long as the proxy: keep the collector's full passes
+        # from walking them (see proxy.processes.heap).
+        gc.collect()
+        gc.freeze()
 
     def _keep(self, version_id: str, head: Head) -> None:
         self._heads[version_id] = head

@@ -12,14 +12,15 @@ the difficulty check. :func:`decide`, the first step, is pure and fast.
 
 from __future__ import annotations
 
-import asyncio
+import logging
 import random
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from core.metrics import Metrics
 from core.wire import ChatCompletionRequest
+from router.batching import MicroBatcher
 from router.bucketing import in_cutover, route_key
 from router.eligibility import ineligible_reason
 from router.gates import confident, output_problem
@@ -43,7 +44,11 @@ from router.student import (
 if TYPE_CHECKING:
     import numpy as np
 
+log = logging.getLogger("stillroom.router")
+
 Sampler = Callable[[float], bool]
+Asked = tuple[StudentRef, list[dict[str, Any]]]  # a version and the request's messages
+Prepared = tuple[PromptEmbedding | None, bool]  # the prompt's embedding, and is it difficult
 
 
 def sampled(percent: float) -> bool:
@@ -103,8 +108,8 @@ def decide(
 
 
 class PromptEmbedder(Protocol):
-    def embed(self, messages: list[dict[str, Any]]) -> PromptEmbedding:
-        """The prompt key of ``messages``, embedded. Blocking."""
+    def embed_many(self, batch: Sequence[list[dict[str, Any]]]) -> list[PromptEmbedding]:
+        """The prompt key of each request's ``messages``, embedded in one call. Blocking."""
 
 
 class DifficultyCheck(Protocol):
@@ -129,6 +134,18 @@ class Router:
     difficulty: DifficultyCheck | None = None
     metrics: Metrics | None = None
     sample: Sampler = sampled
+    # Concurrent requests' embeddings and difficulty checks, in one worker-thread hop.
+    batch_window_seconds: float = 0.0
+    batch_max: int = 16
+    _prepare: MicroBatcher[Asked, Prepared] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        batcher = MicroBatcher(
+            self._before_students,
+            window_seconds=self.batch_window_seconds,
+            max_items=self.batch_max,
+        )
+        object.__setattr__(self, "_prepare", batcher)
 
     async def route(
         self,
@@ -154,9 +171,11 @@ class Router:
         student = decision.student
         prompt, difficult = None, False
         if student.kind == "classifier" or self.difficulty is not None:
-            prompt, difficult = await asyncio.to_thread(
-                self._before_student, student, payload["messages"]
-            )
+            try:
+                prompt, difficult = await self._prepare.submit((student, payload["messages"]))
+            except Exception:  # the embedding model failed: the teacher answers
+                log.exception("could not prepare the student's input")
+                return Outcome(policy.task, "fallback", "student_error")
         if difficult:
             return Outcome(policy.task, "teacher", "difficult")
         return await self._ask(policy, student, request, payload, prompt)
@@ -170,16 +189,23 @@ class Router:
             shadow = ShadowScoring(policy, payload)
         return Outcome(policy.task, "teacher", decision.reason, shadow=shadow)
 
-    def _before_student(
-        self, student: StudentRef, messages: list[dict[str, Any]]
-    ) -> tuple[PromptEmbedding | None, bool]:
-        """Blocking, in one worker thread: the prompt's embedding (a classifier answers from
-        it, and the difficulty gate reuses it), and whether the input is too difficult."""
-        prompt = self.embedder.embed(messages) if student.kind == "classifier" else None
-        difficult = self.difficulty is not None and self.difficulty.is_difficult(
-            student.version_id, messages, vector=prompt.vector if prompt is not None else None
-        )
-        return prompt, difficult
+    def _before_students(self, batch: Sequence[Asked]) -> list[Prepared]:
+        """Blocking, in one worker thread for a batch of requests: their prompts' embeddings
+        (a classifier answers from it, and the difficulty gate reuses it), in one call of
+        the encoder, and whether each input is too difficult."""
+        prompts: list[PromptEmbedding | None] = [None] * len(batch)
+        wanted = [i for i, (student, _) in enumerate(batch) if student.kind == "classifier"]
+        if wanted:
+            embedded = self.embedder.embed_many([batch[i][1] for i in wanted])
+            for i, vector in zip(wanted, embedded, strict=True):
+                prompts[i] = vector
+        prepared: list[Prepared] = []
+        for (student, messages), prompt in zip(batch, prompts, strict=True):
+            difficult = self.difficulty is not None and self.difficulty.is_difficult(
+                student.version_id, messages, vector=prompt.vector if prompt is not None else None
+            )
+            prepared.append((prompt, difficult))
+        return prepared
 
     async def _ask(
         self,

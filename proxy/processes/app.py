@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import httpx
 import sqlalchemy as sa
@@ -14,7 +16,7 @@ from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
 from core.classifier import encoder_id
-from core.embedding import Encoder
+from core.embedding import Encoder, default_embedding_model
 from core.metrics import Metrics, forget_dead_processes, leave_multiprocess
 from core.settings import Settings, load_settings
 from core.store import create_store_engine, create_tables
@@ -26,13 +28,15 @@ from proxy.gateway.errors import install_error_handlers
 from proxy.gateway.routes import install_openai_routes
 from proxy.gateway.runtime import Runtime
 from proxy.gateway.teacher import Teacher, create_teacher_http_client
-from proxy.processes.distiller_app import distiller_work
+from proxy.processes.distiller_process import DistillerProcess
+from proxy.processes.heap import freeze_start_up_heap, thaw_heap
 from router.classifier import ClassifierStudent
 from router.difficulty import DifficultyGate
+from router.extractor import ExtractorStudent
 from router.policy import PolicyCache
 from router.route import Router
 from router.scoring import Scorer
-from router.student import StudentClient, Students
+from router.student import StudentClient, Students, prepare_students
 
 log = logging.getLogger("stillroom.proxy")
 
@@ -45,26 +49,20 @@ def create_app(
     distiller: bool = False,
 ) -> FastAPI:
     """The proxy app. Its lifespan owns the teacher client, the store engine, the capture
-    writer and, with ``distiller``, the distiller's scheduler (``stillroom serve``).
-    ``teacher_transport`` and ``registry`` let tests inject their own."""
+    writer and, with ``distiller``, the distiller's child process (``stillroom serve``:
+    see :mod:`proxy.processes.distiller_process`). ``teacher_transport`` and ``registry``
+    let tests inject their own."""
     settings = settings if settings is not None else load_settings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         runtime = await _start(settings, teacher_transport, registry)
         app.state.runtime = runtime
+        freeze_start_up_heap()
         try:
             async with contextlib.AsyncExitStack() as stack:
                 if distiller:
-                    await stack.enter_async_context(
-                        distiller_work(
-                            settings=settings,
-                            engine=runtime.engine,
-                            backend=runtime.student_backend,
-                            metrics=runtime.metrics,
-                            keep_adapters_loaded=False,
-                        )
-                    )
+                    await stack.enter_async_context(_distiller_process(settings, runtime))
                 yield
         finally:
             await _stop(runtime)
@@ -81,6 +79,21 @@ def create_app(
     app.include_router(admin.router)
     install_openai_routes(app)
     return app
+
+
+@asynccontextmanager
+async def _distiller_process(settings: Settings, runtime: Runtime) -> AsyncIterator[None]:
+    """The distiller in a child process, its metrics in ``/metrics`` and its state in
+    ``/readyz``, for as long as the app runs."""
+    with tempfile.TemporaryDirectory(prefix="stillroom-distiller-metrics-") as folder:
+        child = DistillerProcess(settings, Path(folder))
+        runtime.metrics.include_distiller(Path(folder))
+        runtime.processes["distiller"] = lambda: child.state
+        await child.start()
+        try:
+            yield
+        finally:
+            await child.close()
 
 
 def create_app_from_environment() -> FastAPI:
@@ -122,14 +135,21 @@ async def _start(
         refresh_seconds=settings.student_refresh_seconds,
     )
     await student_client.start()
-    encoder = Encoder(settings.embedding_model)
+    encoder = Encoder(settings.embedding_model, threads=settings.proxy_torch_threads)
     classifiers = ClassifierStudent(
         engine=engine,
         encoder=encoder,
         encoder_name=encoder_id(settings.embedding_model),
         max_heads=settings.classifier_max_heads,
     )
-    students = Students({"lora": student_client, "classifier": classifiers})
+    extractors = ExtractorStudent(
+        engine=engine,
+        encoder_path=settings.embedding_model or default_embedding_model(),
+        encoder_name=encoder_id(settings.embedding_model),
+    )
+    students = Students(
+        {"lora": student_client, "classifier": classifiers, "extractor": extractors}
+    )
     scorer = Scorer(
         engine=engine,
         student=students,
@@ -143,7 +163,7 @@ async def _start(
         settings=settings,
         ttl=settings.policy_refresh_seconds,
         metrics=metrics,
-        prepare=classifiers.prepare,
+        prepare=lambda policies: prepare_students(policies, classifiers, extractors),
     )
     await policies.start()
     difficulty = None
@@ -156,7 +176,12 @@ async def _start(
         )
     return Runtime(
         router=Router(
-            students=students, embedder=classifiers, difficulty=difficulty, metrics=metrics
+            students=students,
+            embedder=classifiers,
+            difficulty=difficulty,
+            metrics=metrics,
+            batch_window_seconds=settings.embedding_batch_ms / 1000,
+            batch_max=settings.embedding_batch_max,
         ),
         difficulty=difficulty,
         policies=policies,
@@ -183,3 +208,4 @@ async def _stop(runtime: Runtime) -> None:
     await runtime.http_client.aclose()
     runtime.engine.dispose()
     leave_multiprocess()
+    thaw_heap()

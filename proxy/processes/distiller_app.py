@@ -50,7 +50,6 @@ def create_distiller_app(
                 engine=engine,
                 backend=create_student_backend(settings, client),
                 metrics=metrics,
-                keep_adapters_loaded=True,
             )
             async with work:
                 log.info(
@@ -79,12 +78,11 @@ async def distiller_work(
     engine: Engine,
     backend: StudentReplicas,
     metrics: Metrics,
-    keep_adapters_loaded: bool,
 ) -> AsyncIterator[Distiller]:
-    """The distiller's work, composed once for ``stillroom distiller`` and ``serve``: the
-    training scheduler, drift checks of live and shadow tasks (one process per deployment
-    runs them), and, with ``keep_adapters_loaded``, re-loading active adapters into every
-    student server replica that lacks them (it restarted, or was down at publish)."""
+    """The distiller's work, for ``stillroom distiller`` and ``serve``'s distiller process
+    alike: the training scheduler, drift checks of live and shadow tasks (one process per
+    deployment runs them), and re-loading active adapters into every student server
+    replica that lacks them (it restarted, or was down at publish)."""
     pipeline = Pipeline(
         settings=settings,
         engine=engine,
@@ -99,18 +97,13 @@ async def distiller_work(
     )
     drift = drift_loop(monitor, settings.drift_check_seconds)
     drift.start()
-    adapters = (
-        asyncio.create_task(_keep_adapters_loaded(engine, backend))
-        if keep_adapters_loaded
-        else None
-    )
+    adapters = asyncio.create_task(_keep_adapters_loaded(engine, backend))
     try:
         yield distiller
     finally:
-        if adapters is not None:
-            adapters.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await adapters
+        adapters.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await adapters
         distiller.stop()
         await drift.close()
 

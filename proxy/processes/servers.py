@@ -3,7 +3,6 @@ server and the distiller. The CLI parses flags; this module runs things."""
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import tempfile
@@ -18,6 +17,7 @@ from core.metrics import MULTIPROCESS_ENV, reset_multiprocess_directory
 from core.settings import Settings
 from distiller.base_model import resolve_base_model
 from distiller.student_server import create_student_app
+from proxy.processes.environment import settings_environment
 
 log = logging.getLogger("stillroom")
 
@@ -45,7 +45,7 @@ def _uvicorn_options(settings: Settings, host: str, port: int) -> dict[str, Any]
 
 
 def run_proxy(settings: Settings, *, workers: int = 1, distiller: bool = False) -> None:
-    """The proxy in the foreground; with ``distiller``, the scheduler runs inside it.
+    """The proxy in the foreground; with ``distiller``, the distiller in a child process.
     Several workers share their metrics (see :func:`_metrics_shared_by_workers`)."""
     options = _uvicorn_options(settings, settings.host, settings.port)
     if workers > 1:
@@ -84,8 +84,9 @@ def _metrics_shared_by_workers() -> Iterator[None]:
 
 
 def run_everything(settings: Settings, *, student_port: int) -> None:
-    """``stillroom serve``: proxy, distiller and (unless a student server is configured)
-    the embedded student server, in one process."""
+    """``stillroom serve``: the proxy and (unless a student server is configured) the
+    embedded student server in this process, the distiller in a child process of the
+    proxy's (:mod:`proxy.processes.distiller_process`)."""
     student: _StudentThread | None = None
     if not settings.student_replica_urls and settings.student_backend == "embedded":
         student = _StudentThread(settings, "127.0.0.1", student_port)
@@ -139,19 +140,3 @@ def run_distiller(settings: Settings, *, host: str, port: int) -> None:
 
     reset_multiprocess_directory()
     uvicorn.run(create_distiller_app(settings), **_uvicorn_options(settings, host, port))
-
-
-def settings_environment(settings: Settings) -> dict[str, str]:
-    """``STILLROOM_*`` variables that rebuild ``settings`` in another process."""
-    env = {}
-    for name, value in settings.model_dump(mode="json", exclude_defaults=True).items():
-        if value is None:
-            continue
-        env[f"STILLROOM_{name.upper()}"] = value if isinstance(value, str) else json.dumps(value)
-    for secret in ("teacher_api_key", "admin_token"):
-        value = getattr(settings, secret)
-        if value is not None:
-            env[f"STILLROOM_{secret.upper()}"] = value.get_secret_value()
-    if settings.api_keys:
-        env["STILLROOM_API_KEYS"] = ",".join(k.get_secret_value() for k in settings.api_keys)
-    return env

@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 import threading
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, get_args
 
@@ -253,11 +254,11 @@ class FakePrompts:
     difficult: bool = False
     threads: list[tuple[str, int]] = field(default_factory=list)
 
-    def embed(self, messages: list[dict[str, Any]]) -> PromptEmbedding:
+    def embed_many(self, batch: Sequence[list[dict[str, Any]]]) -> list[PromptEmbedding]:
         import numpy as np
 
         self.threads.append(("embed", threading.get_ident()))
-        return PromptEmbedding(np.zeros(4, dtype=np.float32), 0.001)
+        return [PromptEmbedding(np.zeros(4, dtype=np.float32), 0.001) for _ in batch]
 
     def is_difficult(
         self, version_id: str, messages: list[dict[str, Any]], *, vector: Any = None
