@@ -64,6 +64,16 @@ class VersionEvaluation(_Document):
     threshold: float | None = Field(default=None, description="calibrated confidence")
     retained_share: float | None = None
     retained_agreement: float | None = None
+    calibration_pairs: int | None = Field(
+        default=None, description="predictions the threshold was chosen on"
+    )
+    calibration_out_of_fold: int | None = Field(
+        default=None, description="of which out-of-fold predictions of training pairs"
+    )
+    calibration_lower_bound: float | None = Field(
+        default=None,
+        description="one-sided 95% Clopper-Pearson lower bound on the retained agreement",
+    )
     training_seconds: float | None = None
     latency_p50_ms: float | None = None
     latency_p99_ms: float | None = None

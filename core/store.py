@@ -229,7 +229,9 @@ def count_exchanges(
 
 
 def queue_training(*, engine: Engine, task: str, trigger: str = "manual") -> TrainingRun:
-    """A queued run for ``task``, or the one already queued or running."""
+    """A queued run for ``task``, or the one already queued. A run in progress does not
+    stand for one asked for now: it curated its pairs when it started, so a follow-up run
+    is queued behind it, to train on everything stored by the time it starts."""
     with Session(engine) as session, session.begin():
         if engine.dialect.name == "postgresql":
             # Two distillers checking at once must not both queue the task.
@@ -239,9 +241,7 @@ def queue_training(*, engine: Engine, task: str, trigger: str = "manual") -> Tra
         if session.get(Task, task) is None:
             raise NotFoundError(f"unknown task {task!r}", param="task")
         pending = session.exec(
-            select(TrainingRun).where(
-                TrainingRun.task == task, col(TrainingRun.state).in_(["queued", "running"])
-            )
+            select(TrainingRun).where(TrainingRun.task == task, TrainingRun.state == "queued")
         ).first()
         run = pending or TrainingRun(id=uuid.uuid4().hex, task=task, trigger=trigger)
         session.add(run)

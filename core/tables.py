@@ -92,6 +92,14 @@ class Task(SQLModel, table=True):
         description="a json task's fields by path: span, label, constant or unsupported "
         "(latest curation)",
     )
+    controlled_threshold: float | None = Field(
+        default=None,
+        description="the threshold controller's current threshold for the version in "
+        "controlled_version_id (see router.threshold_control)",
+    )
+    controlled_version_id: str | None = Field(
+        default=None, max_length=32, description="the version controlled_threshold is for"
+    )
 
 
 class ExchangeBase(SQLModel):
@@ -233,7 +241,9 @@ class TrainingRun(SQLModel, table=True):
     state: str = Field(
         default="queued", max_length=16, description="queued, running, succeeded, failed"
     )
-    trigger: str = Field(default="manual", max_length=16, description="manual or schedule")
+    trigger: str = Field(
+        default="manual", max_length=16, description="manual, schedule, drift or stale"
+    )
     phase: str | None = Field(default=None, max_length=32)
     step: int = 0
     total_steps: int = 0
@@ -312,4 +322,31 @@ class TaskTransition(SQLModel, table=True):
     to_cutover_percent: float
     cause: str = Field(max_length=16, description="admin, auto_ramp, drift, publish or rollback")
     reason: str | None = Field(default=None, sa_type=sa.Text)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=sa.DateTime(timezone=True))
+
+
+# Which way the threshold controller moved a task's threshold.
+ThresholdDirection = Literal["loosen", "tighten"]
+THRESHOLD_DIRECTIONS: tuple[ThresholdDirection, ...] = ("loosen", "tighten")
+
+
+class ThresholdMove(SQLModel, table=True):
+    """One move of a task's confidence threshold by the controller, with its evidence:
+    the scored answers of the live version it would serve, and the bound on their
+    agreement."""
+
+    __tablename__ = "threshold_moves"
+    __table_args__ = (sa.Index("ix_threshold_moves_task_created", "task", "created_at"),)
+
+    id: str = Field(primary_key=True, max_length=32)
+    task: str = Field(max_length=TASK_NAME_MAX)
+    version_id: str = Field(max_length=32)
+    direction: str = Field(max_length=16, description="loosen or tighten")
+    from_threshold: float
+    to_threshold: float
+    pairs: int = Field(description="scored answers above the old threshold (audits, shadow)")
+    agreed: int = Field(description="of which agreed with the teacher")
+    lower_bound: float = Field(description="one-sided 95% Clopper-Pearson bound on agreement")
+    target: float
+    reason: str = Field(sa_type=sa.Text)
     created_at: datetime = Field(default_factory=utcnow, sa_type=sa.DateTime(timezone=True))

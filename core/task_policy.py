@@ -23,7 +23,9 @@ class TaskPolicy:
     publish_min_share: float
     """Held-out share a version must answer at the target to be published."""
     confidence_threshold: float | None
-    """The task's own threshold; None: each version's calibrated one."""
+    """The task's own threshold (an admin's): it wins over the controller's and the
+    calibrated one. None: the controller's for the version it was set for, else each
+    version's calibrated one."""
     shadow_percent: float
     audit_percent: float
     auto_ramp: bool
@@ -32,11 +34,26 @@ class TaskPolicy:
     """Window agreement below which a live task steps down: the setting, but never above
     the task's target (a task that asks for 80% is not in drift at 84%)."""
 
+    controlled_threshold: float | None = None
+    """The threshold controller's, for ``controlled_version_id`` only."""
+    controlled_version_id: str | None = None
+
+    @property
+    def overridden(self) -> bool:
+        """An admin set the task's threshold: the controller leaves it alone."""
+        return self.confidence_threshold is not None
+
     def threshold_for(self, version: StudentVersion | None) -> float | None:
-        """The confidence at or above which ``version`` answers for this task."""
+        """The confidence at or above which ``version`` answers for this task: the admin's
+        threshold, else the controller's for this very version, else the calibrated one
+        (a version that never reached the target has none, and serves nothing)."""
         if self.confidence_threshold is not None:
             return self.confidence_threshold
-        return version.confidence_threshold if version is not None else None
+        if version is None or version.confidence_threshold is None:
+            return None
+        if self.controlled_threshold is not None and self.controlled_version_id == version.id:
+            return self.controlled_threshold
+        return version.confidence_threshold
 
 
 def effective_policy(task: Task | None, settings: Settings) -> TaskPolicy:
@@ -52,4 +69,6 @@ def effective_policy(task: Task | None, settings: Settings) -> TaskPolicy:
         auto_ramp=row.auto_ramp,
         ramp_min_pairs=settings.ramp_min_pairs,
         drift_agreement_floor=min(settings.drift_agreement_floor, target),
+        controlled_threshold=row.controlled_threshold,
+        controlled_version_id=row.controlled_version_id,
     )

@@ -6,7 +6,11 @@ with L-BFGS) maps the embedding to the teacher's label. Calibration never looks 
 held-out split (that one is for the publish gate): the training pairs are cut into folds
 by hash, each fold is predicted by a head fitted on the others, and the temperature that
 makes those out-of-fold predictions most likely is kept; the same out-of-fold inputs set
-how far from every label's centroid an input may be and still count as familiar.
+how far from every label's centroid an input may be and still count as familiar. The same
+out-of-fold predictions, at that temperature and familiarity, are what the confidence
+threshold is calibrated on together with the held-out split: every training pair is
+predicted once by a head that never saw it, several times the evidence of the held-out
+split alone, for the price of ``folds`` fits of a linear head (seconds).
 """
 
 from __future__ import annotations
@@ -53,6 +57,9 @@ class ClassifierResult:
     seconds: float  # embedding and fitting
     examples: int
     labels: int
+    out_of_fold: list[tuple[float, bool]] = field(default_factory=list)
+    """(confidence, agrees with the teacher) per training pair, from the head fitted
+    without its fold: a calibrated log-probability, ``-inf`` for an unfamiliar input."""
 
 
 def label_answers(examples: Sequence[Example]) -> tuple[list[str], list[int]]:
@@ -85,15 +92,18 @@ def train_classifier(
     folds = np.array([_fold(e.prompt_key, config.folds) for e in examples])
     out_of_fold = np.zeros((len(examples), len(answers)), dtype=np.float32)
     similarity = np.zeros(len(examples), dtype=np.float32)
+    predicted = np.zeros(len(examples), dtype=bool)
     for fold in range(config.folds):
         held = folds == fold
         if not held.any() or held.all():
             continue
+        predicted |= held
         weights, bias = fit_logistic(vectors[~held], targets[~held], len(answers), config)
         out_of_fold[held] = vectors[held] @ weights + bias
         centroids = _centroids(vectors[~held], targets[~held], len(answers))
         similarity[held] = (vectors[held] @ centroids.T).max(axis=1)
     temperature = fit_temperature(out_of_fold, targets)
+    min_similarity = float(np.quantile(similarity, config.familiar_quantile))
     weights, bias = fit_logistic(vectors, targets, len(answers), config)
     head = Head(
         answers=tuple(answers),
@@ -101,7 +111,7 @@ def train_classifier(
         bias=bias,
         temperature=temperature,
         centroids=_centroids(vectors, targets, len(answers)),
-        min_similarity=float(np.quantile(similarity, config.familiar_quantile)),
+        min_similarity=min_similarity,
         encoder=encoder,
     )
     return ClassifierResult(
@@ -109,7 +119,28 @@ def train_classifier(
         seconds=time.perf_counter() - started,
         examples=len(examples),
         labels=len(answers),
+        out_of_fold=out_of_fold_results(
+            out_of_fold[predicted] / temperature,
+            targets[predicted],
+            similarity[predicted] >= min_similarity,
+        ),
     )
+
+
+def out_of_fold_results(
+    logits: NDArray[np.float32], targets: NDArray[np.int64], familiar: NDArray[np.bool_]
+) -> list[tuple[float, bool]]:
+    """(confidence, agrees) per row, as the router would score it: the log-probability of
+    the likeliest label, ``-inf`` for an unfamiliar input (it would not be answered)."""
+    wide = logits.astype(np.float64)
+    shifted = wide - wide.max(axis=1, keepdims=True)
+    logprobs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    chosen = logprobs.argmax(axis=1)
+    best = logprobs[np.arange(len(chosen)), chosen]
+    return [
+        (float(value) if known else -math.inf, bool(label == truth))
+        for value, known, label, truth in zip(best, familiar, chosen, targets, strict=True)
+    ]
 
 
 def fit_logistic(

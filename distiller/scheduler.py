@@ -1,6 +1,14 @@
 """The distiller's loop: queue tasks that have enough new pairs, and train queued runs one
 at a time. Several distiller processes may share one Postgres store: a run is claimed
 atomically, and an advisory lock per task keeps a task from being queued or trained twice.
+
+Fresh data: a run curates the pairs stored when it starts. A ``train`` asked for while a
+run of the task is in progress queues a follow-up run behind it (see
+``core.store.queue_training``), which curates everything stored by the time it starts.
+And when a run that produced a version finishes with its pairs (successful teacher
+exchanges counted when it started) fewer than ``FRESH_SHARE`` (80%) of those stored by
+then, a retraining is queued at once (trigger ``stale``), without waiting for the next
+``distill_new_pairs``.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ log = logging.getLogger("stillroom.distiller")
 
 STALE_AFTER = timedelta(minutes=15)
 QUEUE_POLL_SECONDS = 2.0
+FRESH_SHARE = 0.8
 
 
 def task_lock_key(task: str) -> int:
@@ -126,8 +135,25 @@ class Distiller:
                 raw = self._raw_pairs(run.task)
                 registry.update_run(engine=self.engine, run_id=run.id, exchanges_seen=raw)
                 log.info("training %s (run %s)", run.task, run.id)
-                outcomes.append(await self.pipeline.run(run))
+                version = await self.pipeline.run(run)
+                outcomes.append(version)
+                if version is not None:
+                    self.retrain_if_stale(run.task, raw)
         return outcomes
+
+    def retrain_if_stale(self, task: str, trained_on: int) -> TrainingRun | None:
+        """Queue a retraining when a run that just finished saw fewer than ``FRESH_SHARE``
+        of the task's pairs stored by now (they arrived while it trained)."""
+        available = self._raw_pairs(task)
+        if available == 0 or trained_on >= FRESH_SHARE * available:
+            return None
+        log.info(
+            "queued training of %s: its last run had %d of the %d pairs stored now",
+            task,
+            trained_on,
+            available,
+        )
+        return queue_training(engine=self.engine, task=task, trigger="stale")
 
     def _raw_pairs(self, task: str) -> int:
         with Session(self.engine) as session:

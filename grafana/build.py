@@ -600,6 +600,47 @@ def task() -> list[Row]:
             ],
         ),
         Row(
+            "Error budget",
+            [
+                Panel(
+                    "Realised agreement (95% interval)",
+                    "Agreement of the audits and shadow answers the live student serves at its "
+                    "threshold (the controller's window): the estimate, its two-sided 95% "
+                    "Clopper-Pearson interval (low, high), and the one-sided 95% lower bound "
+                    "the controller holds at the target.",
+                    [
+                        (
+                            f"max by (figure) (stillroom_realised_agreement{{{TASK}}})",
+                            "{{figure}}",
+                        )
+                    ],
+                    unit="percentunit",
+                    width=12,
+                ),
+                Panel(
+                    "Confidence threshold",
+                    "The threshold the live student answers at (log-probability): the "
+                    "admin's, the controller's or the calibrated one.",
+                    [(f"max(stillroom_confidence_threshold{{{TASK}}})", "threshold")],
+                    width=6,
+                ),
+                Panel(
+                    "Threshold moves",
+                    "Moves of the threshold by the controller over the time range: loosen "
+                    "(budget left), tighten (agreement's lower bound under the target).",
+                    [
+                        (
+                            "sum by (direction) "
+                            f"(increase(stillroom_threshold_moves_total{{{TASK}}}[{RANGE}]))",
+                            "{{direction}}",
+                        )
+                    ],
+                    kind="stat",
+                    width=6,
+                ),
+            ],
+        ),
+        Row(
             "Versions and training",
             [
                 Panel(

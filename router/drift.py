@@ -30,6 +30,7 @@ from core.transitions import change_mode, lock_task
 from router.gates import served_agreement
 from router.periodic import Periodic
 from router.ramp import ramp
+from router.threshold_control import steer
 
 log = logging.getLogger("stillroom.router")
 
@@ -210,9 +211,11 @@ class DriftMonitor:
 
 
 def drift_loop(monitor: DriftMonitor, interval: float) -> Periodic:
-    """Every ``interval`` seconds in the background: drift checks, then auto-ramp."""
+    """Every ``interval`` seconds in the background: the threshold controller (it tightens
+    before agreement falls as far as the drift floor), drift checks, then auto-ramp."""
 
     async def check_and_ramp() -> None:
+        await asyncio.to_thread(steer, monitor.engine, monitor.settings, monitor.metrics)
         await monitor.check_all()
         await asyncio.to_thread(ramp, monitor.engine, monitor.settings)
 

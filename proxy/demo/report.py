@@ -14,8 +14,10 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from core.evaluation import read_evaluation
+from core.intervals import interval
 from core.settings import Settings
 from core.tables import Exchange, ShadowResult, StudentVersion, Task
+from proxy.demo.chart_labels import place_phase_labels
 
 SERVED = ("teacher", "student", "fallback")
 
@@ -152,6 +154,8 @@ def _version(version: StudentVersion) -> dict[str, Any]:
 
 
 def _live_agreement(session: Session, version: StudentVersion) -> dict[str, dict[str, Any]]:
+    """Shadow and audit agreement of the live version, each an estimate with its two-sided
+    95% Clopper-Pearson interval (``core.intervals``)."""
     figures = {}
     for kind in ("shadow", "audit"):
         agreed = session.exec(
@@ -159,11 +163,17 @@ def _live_agreement(session: Session, version: StudentVersion) -> dict[str, dict
                 ShadowResult.version_id == version.id, ShadowResult.kind == kind
             )
         ).all()
-        figures[kind] = {
-            "pairs": len(agreed),
-            "agreement": sum(agreed) / len(agreed) if agreed else None,
-        }
+        figures[kind] = interval(sum(agreed), len(agreed)).public()
     return figures
+
+
+def _with_interval(figure: dict[str, Any]) -> str:
+    if figure.get("agreement") is None:
+        return f"- of {figure.get('pairs', 0)} pairs"
+    return (
+        f"{_pct(figure['agreement'])} of {figure['pairs']} pairs "
+        f"(95% interval {_pct(figure['low'])} to {_pct(figure['high'])})"
+    )
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -304,15 +314,16 @@ def summary_rows(figures: Figures) -> list[tuple[str, str]]:
     ]
     for kind in ("shadow", "audit"):
         live = figures.live_agreement.get(kind) or {}
-        rows.append(
-            (
-                f"live {kind} agreement",
-                f"{_pct(live.get('agreement'))} of {live.get('pairs', 0)} pairs",
-            )
-        )
+        rows.append((f"live {kind} agreement", _with_interval(live)))
+    audit = figures.live_agreement.get("audit") or {}
+    held_at = (
+        f", at audited agreement {_pct(audit['low'])} to {_pct(audit['high'])}"
+        if audit.get("agreement") is not None
+        else ""
+    )
     rows += [
         ("spent", f"${figures.cost_usd:.4f} vs ${figures.teacher_only_usd:.4f} all-teacher"),
-        ("saved (whole run)", f"{figures.savings_percent:.1f}%"),
+        ("saved (whole run)", f"{figures.savings_percent:.1f}%{held_at}"),
     ]
     final = figures.final_stage
     if final is not None:
@@ -345,7 +356,7 @@ def draw_chart(figures: Figures, phases: list[tuple[float, str]], path: Path) ->
 
     points = figures.timeline
     t = [p["t"] for p in points]
-    figure, (share, cost) = plt.subplots(2, 1, figsize=(11, 6.5), sharex=True)
+    figure, (share, cost) = plt.subplots(2, 1, figsize=(11, 6.5), sharex=True, dpi=110)
     share.stackplot(
         t,
         [p["student_share"] * 100 for p in points],
@@ -375,17 +386,8 @@ def draw_chart(figures: Figures, phases: list[tuple[float, str]], path: Path) ->
     for axis in (share, cost):
         for at, _ in phases:
             axis.axvline(at, color="#444444", linewidth=0.6, linestyle=":")
-    for at, phase in phases:
-        share.annotate(
-            phase,
-            (at, 100),
-            xytext=(2, -10),
-            textcoords="offset points",
-            fontsize=7,
-            rotation=90,
-            va="top",
-        )
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
+    place_phase_labels(share, phases, top=100)  # measured on the final layout
+    figure.savefig(path, dpi=figure.dpi)
     plt.close(figure)
     return path

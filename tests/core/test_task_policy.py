@@ -49,3 +49,25 @@ def test_a_task_not_stored_yet_gets_the_settings_and_the_task_defaults() -> None
     policy = effective_policy(None, SETTINGS)
     assert policy.target_agreement == 0.95
     assert (policy.shadow_percent, policy.audit_percent, policy.auto_ramp) == (100.0, 5.0, False)
+
+
+def test_the_controllers_threshold_applies_to_the_version_it_was_set_for() -> None:
+    task = Task(name="t", controlled_threshold=-0.6, controlled_version_id="v")
+    policy = effective_policy(task, SETTINGS)
+    assert policy.threshold_for(calibrated(-0.4)) == -0.6
+    other = calibrated(-0.4).model_copy(update={"id": "w"})
+    assert policy.threshold_for(other) == -0.4
+
+
+def test_an_admins_threshold_wins_over_the_controllers() -> None:
+    task = Task(
+        name="t", confidence_threshold=-0.1, controlled_threshold=-0.6, controlled_version_id="v"
+    )
+    policy = effective_policy(task, SETTINGS)
+    assert policy.overridden
+    assert policy.threshold_for(calibrated(-0.4)) == -0.1
+
+
+def test_a_version_that_never_reached_the_target_gets_no_controlled_threshold() -> None:
+    task = Task(name="t", controlled_threshold=-0.6, controlled_version_id="v")
+    assert effective_policy(task, SETTINGS).threshold_for(calibrated(None)) is None

@@ -33,7 +33,7 @@ STILLROOM = str(Path(sys.executable).with_name("stillroom"))
 TOKEN = "admin-token-for-replicas"
 TASK = "yes-no"
 SYSTEM = "Answer yes for alpha requests and no for beta requests."
-TRAFFIC = 100  # requests of TASK, more than a first version needs (DISTILLER_ENV)
+TRAFFIC = 100  # requests of TASK: a first version trains on all of them (DISTILLER_ENV)
 STARTUP_SECONDS = 240.0
 
 SHARED_ENV = {
@@ -43,13 +43,13 @@ SHARED_ENV = {
 }
 DISTILLER_ENV = {
     "STILLROOM_STUDENT_KINDS": "lora",
-    "STILLROOM_DISTILL_FIRST_PAIRS": "60",
+    "STILLROOM_DISTILL_FIRST_PAIRS": "100",
     "STILLROOM_DISTILL_INTERVAL_SECONDS": "1",
     "STILLROOM_TRAIN_MIN_PAIRS": "20",
-    "STILLROOM_HELDOUT_PERCENT": "25",
+    "STILLROOM_HELDOUT_PERCENT": "40",
     "STILLROOM_LORA_EPOCHS": "4",
     "STILLROOM_LORA_LEARNING_RATE": "5e-3",
-    "STILLROOM_TARGET_AGREEMENT": "0.9",
+    "STILLROOM_TARGET_AGREEMENT": "0.8",
     "STILLROOM_PUBLISH_MIN_SHARE": "0.2",
 }
 PROXY_ENV = {

@@ -60,7 +60,7 @@ def distilling_proxy(
             "distill_first_pairs": 100_000,
             "lora_epochs": 4,
             "lora_learning_rate": 5e-3,
-            "target_agreement": 0.9,
+            "target_agreement": 0.8,  # what 25-40 held-out pairs can show (a lower bound)
             "publish_min_share": 0.2,
             "student_kinds": ["lora"],  # the LoRA path; tests/router has the classifier's
         }
@@ -169,7 +169,7 @@ def test_too_few_pairs_fail_with_a_clear_message_and_train_nothing(
 def test_enough_traffic_gets_a_version_without_anyone_asking(
     distilling_proxy: Callable[..., RunningProxy],
 ) -> None:
-    proxy = distilling_proxy(distill_first_pairs=60, distill_interval_seconds=1)
+    proxy = distilling_proxy(distill_first_pairs=80, distill_interval_seconds=1)
     send_traffic(proxy, 80)
     deadline = time.monotonic() + 240
     while not admin(proxy, "GET", f"/admin/tasks/{TASK}/versions")["data"]:

@@ -4,16 +4,34 @@ from __future__ import annotations
 
 import pytest
 
+from core.intervals import lower_bound
 from distiller.curation import Example
 from distiller.evaluation import StudentAnswer, calibrate, evaluate
 
 
-def test_calibration_finds_the_lowest_threshold_that_reaches_the_target() -> None:
-    results = [(-0.1, True), (-0.2, True), (-0.3, True), (-0.4, False), (-0.5, True), (-0.9, False)]
-    calibration = calibrate(results, target=0.75)
-    assert calibration.threshold == -0.5
-    assert calibration.retained_share == pytest.approx(5 / 6)
-    assert calibration.retained_agreement == pytest.approx(4 / 5)
+def test_calibration_keeps_the_largest_share_whose_lower_bound_reaches_the_target() -> None:
+    # 200 sure answers, all right; then 100 less sure ones of which 10 are wrong.
+    results = [(-0.01 - n / 10_000, True) for n in range(200)]
+    results += [(-0.5 - n / 1000, n % 10 != 0) for n in range(100)]
+    calibration = calibrate(results, target=0.9)
+    kept = calibration.retained_share * len(results)
+    agreed = round(calibration.retained_agreement * kept)
+    assert lower_bound(agreed, round(kept)) >= 0.9
+    assert calibration.lower_bound == pytest.approx(lower_bound(agreed, round(kept)))
+    assert calibration.pairs == 300
+    # every looser threshold would break the guarantee
+    ranked = sorted(results, reverse=True)
+    for count in range(round(kept) + 1, len(ranked) + 1):
+        assert lower_bound(sum(a for _, a in ranked[:count]), count) < 0.9
+    assert calibration.threshold == ranked[round(kept) - 1][0]
+
+
+def test_calibration_is_stricter_than_the_point_estimate() -> None:
+    # 97 of 100 agree: above 95% on the point estimate, but too few pairs to show it.
+    results = [(-0.1 - n / 1000, n % 40 != 1) for n in range(100)]
+    assert calibrate(results, target=0.95).threshold is None
+    ten_times = [(-0.1 - n / 10_000, n % 40 != 1) for n in range(1000)]
+    assert calibrate(ten_times, target=0.95).threshold is not None
 
 
 def test_calibration_without_any_reachable_threshold() -> None:
@@ -22,10 +40,39 @@ def test_calibration_without_any_reachable_threshold() -> None:
     assert calibration.retained_share == 0.0
 
 
+def test_too_little_evidence_reaches_no_threshold_even_when_all_agree() -> None:
+    assert calibrate([(-0.1, True)] * 58, target=0.95).threshold is None
+    assert calibrate([(-0.1 - n / 100, True) for n in range(59)], target=0.95).threshold is not None
+
+
 def test_ties_in_confidence_are_kept_or_dropped_together() -> None:
-    calibration = calibrate([(-0.1, True), (-0.2, True), (-0.2, False)], target=0.9)
-    assert calibration.threshold == -0.1
-    assert calibration.retained_share == pytest.approx(1 / 3)
+    results = [(-0.1 - n / 1000, True) for n in range(60)] + [(-0.9, True), (-0.9, False)]
+    calibration = calibrate(results, target=0.95)
+    assert calibration.threshold == pytest.approx(-0.159)
+    assert calibration.retained_share == pytest.approx(60 / 62)
+
+
+def test_out_of_fold_predictions_join_the_calibration() -> None:
+    heldout = [
+        Example(str(n), [{"role": "user", "content": f"q{n}"}], "billing", "") for n in range(20)
+    ]
+    out_of_fold = [(-0.05 - n / 1000, True) for n in range(100)]
+    evaluation = evaluate(
+        heldout,
+        shape="label",
+        student=lambda e: StudentAnswer(e.answer, -0.01),
+        target=0.95,
+        out_of_fold=out_of_fold,
+    )
+    alone = evaluate(
+        heldout, shape="label", student=lambda e: StudentAnswer(e.answer, -0.01), target=0.95
+    )
+    assert alone.calibration.threshold is None  # 20 pairs cannot show 95%
+    assert evaluation.calibration.pairs == 120
+    assert evaluation.share_at_target == 1.0
+    assert evaluation.agreement == 1.0  # the held-out figure stays the held-out split's
+    summary = evaluation.summary()
+    assert (summary.calibration_pairs, summary.calibration_out_of_fold) == (120, 100)
 
 
 def test_evaluation_scores_student_and_base_against_the_teacher() -> None:
@@ -46,11 +93,12 @@ def test_evaluation_scores_student_and_base_against_the_teacher() -> None:
         student=student,
         base=lambda e: StudentAnswer("nonsense", -5.0),
         target=0.95,
+        out_of_fold=[(-0.1, True)] * 90,
     )
     assert evaluation.agreement == pytest.approx(0.8)
     assert evaluation.base_agreement == 0.0
     assert evaluation.calibration.threshold == -0.1
-    assert evaluation.share_at_target == pytest.approx(0.8)
+    assert evaluation.share_at_target == pytest.approx(98 / 100)
     summary = evaluation.summary()
     assert summary.retained_agreement == 1.0
     assert (summary.threshold, summary.target, summary.examples) == (-0.1, 0.95, 10)

