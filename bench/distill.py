@@ -20,6 +20,7 @@ smoke run on 4 intents.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
@@ -279,6 +280,24 @@ def _shown(value: Any) -> str:
     return str(value)
 
 
+def extraction_figures(args: argparse.Namespace) -> None:
+    """The extraction task (bench/extraction.py): the extractor's distillation figures."""
+    spec = importlib.util.spec_from_file_location(
+        "extraction", Path(__file__).with_name("extraction.py")
+    )
+    assert spec is not None
+    assert spec.loader is not None
+    extraction = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(extraction)
+    work = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="stillroom-bench-"))
+    curated, candidate = extraction.distill(90, args.target, work)
+    figures = extraction.distillation_figures(curated, candidate)
+    print("\ndistillation on SNIPS (fake teacher answering the gold JSON), extractor")
+    print(json.dumps(figures, indent=1))
+    if args.json:
+        Path(args.json).write_text(json.dumps(figures, indent=1))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="4 intents, 40 pairs each, 1 epoch")
@@ -297,7 +316,17 @@ def main() -> None:
     parser.add_argument(
         "--out", help="keep the students and held-out results here (for bench/router.py)"
     )
+    parser.add_argument(
+        "--task",
+        default="intents",
+        choices=["intents", "extraction"],
+        help="intents (CLINC150, the default) or extraction (SNIPS, 90 pairs per intent, "
+        "the extractor: bench/extraction.py)",
+    )
     args = parser.parse_args()
+    if args.task == "extraction":
+        extraction_figures(args)
+        return
     if args.quick:
         args.intents, args.per_intent, args.epochs = 4, 40, 1
     figures = run(args)

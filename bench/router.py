@@ -19,8 +19,16 @@ request each student answers, and the figures, side by side, are:
 - LoRA: time to first token against time to the whole answer, and the time a routing
   decision takes on this CPU (policy/bucket/eligibility, difficulty gate).
 
+- the error budget (``budget``, see bench/error_budget.py): a classifier live on new
+  traffic with the threshold controller, in the real store: share served and realised
+  agreement with its interval, before the controller moved and after it has seen
+  ``--audits`` audits; and a run whose student gets worse mid-run: when the controller
+  tightened, when drift would have stepped down, and the windows of 200 served answers
+  below the target by more than their interval.
+
 Run: ``.venv/bin/python bench/router.py --from DIR`` after ``bench/distill.py --out DIR``;
-``--kinds classifier`` for the classifier alone (about a minute).
+``--kinds classifier`` for the classifier alone (about a minute); ``--kinds budget`` for
+the error budget alone (it trains its own classifier: no ``--from`` needed, a minute or two).
 """
 
 from __future__ import annotations
@@ -33,6 +41,7 @@ from pathlib import Path
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).parent.resolve()]
 
 import argparse
+import importlib.util
 import json
 import os
 import socket
@@ -94,8 +103,42 @@ def percentiles(samples: list[float]) -> tuple[float, float]:
     return statistics.median(samples), samples[int(0.99 * (len(samples) - 1))]
 
 
+def error_budget() -> Any:
+    """bench/error_budget.py as a module (this file's folder is off sys.path)."""
+    spec = importlib.util.spec_from_file_location(
+        "error_budget", Path(__file__).with_name("error_budget.py")
+    )
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["error_budget"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def extraction_figures(args: argparse.Namespace) -> None:
+    """The extraction task: an extractor trained on SNIPS, then new traffic through a
+    proxy (bench/extraction.py)."""
+    spec = importlib.util.spec_from_file_location(
+        "extraction", Path(__file__).with_name("extraction.py")
+    )
+    assert spec is not None
+    assert spec.loader is not None
+    extraction = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(extraction)
+    curated, candidate = extraction.distill(90, args.target, Path(tempfile.mkdtemp()))
+    figures = extraction.distillation_figures(curated, candidate)
+    figures |= extraction.served_through_proxy(candidate, args.requests)
+    print("\nrouting on SNIPS validation utterances (new traffic), extractor")
+    print(json.dumps(figures, indent=1))
+    if args.json:
+        Path(args.json).write_text(json.dumps(figures, indent=1))
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     figures: dict[str, Any] = {}
+    if "budget" in args.kinds:
+        figures["budget"] = error_budget().run(args)
     if "classifier" in args.kinds:
         figures["classifier"] = run_classifier(args)
     if "lora" in args.kinds:
@@ -465,13 +508,51 @@ def aims(figures: dict[str, Any]) -> list[tuple[str, bool]]:
     if "lora" in figures:
         share = figures["lora"]["share_at_95_both"]
         checks.append(("lora: >= 80% of traffic on the student at >= 95% agreement", share >= 0.8))
+    if "budget" in figures:
+        checks += budget_aims(figures["budget"])
     return checks
+
+
+def budget_aims(budget: dict[str, Any]) -> list[tuple[str, bool]]:
+    steady = next(v for k, v in budget["steady"].items() if k.startswith("after_"))
+    target = budget["target"]
+    degraded = budget["degraded"]
+    tightened, stepped = degraded["first_tighten_after"], degraded["drift_step_down_at"]
+    return [
+        (
+            "budget: >= 95% of in-scope traffic served after the controller's audits",
+            (steady["share_of_in_scope"] or 0) >= 0.95,
+        ),
+        (
+            "budget: realised agreement within 1.5 points above the target",
+            target <= (steady["agreement"] or 0) <= target + 0.015,
+        ),
+        (
+            "budget: the controller tightens before drift steps the task down",
+            tightened is not None and (stepped is None or tightened <= stepped),
+        ),
+        (
+            "budget: no window of 200 served answers below the target beyond its interval",
+            degraded["windows_below_target_beyond_interval"] == 0,
+        ),
+    ]
+
+
+def budget_report(budget: dict[str, Any]) -> list[str]:
+    lines = [f"  error budget (target {budget['target']:.0%}): {json.dumps(budget['calibration'])}"]
+    for run in ("steady", "degraded"):
+        for name, value in budget[run].items():
+            if name != "moves":
+                lines.append(f"  {run} {name}: {json.dumps(value)}")
+        moves = [f"{m['at']} {m['direction']} {m['to']}" for m in budget[run]["moves"]]
+        lines.append(f"  {run} moves (at request, direction, to): {', '.join(moves) or 'none'}")
+    return lines
 
 
 def report(figures: dict[str, Any]) -> str:
     kinds = [kind for kind in ("classifier", "lora") if kind in figures]
     rows = list(dict.fromkeys(key for kind in kinds for key in figures[kind]))
-    lines = [f"  {'':<30}" + "".join(f"{kind:>14}" for kind in kinds)]
+    lines = [f"  {'':<30}" + "".join(f"{kind:>14}" for kind in kinds)] if kinds else []
     for row in rows:
         if row == "curve_confidence":
             continue
@@ -479,6 +560,8 @@ def report(figures: dict[str, Any]) -> str:
         lines.append(f"  {row:<30}{values}")
     if "lora" in figures:
         lines.append(f"  lora curve (share, agreement): {figures['lora']['curve_confidence']}")
+    if "budget" in figures:
+        lines += budget_report(figures["budget"])
     lines += [f"  [{'met' if ok else 'MISSED':<6}] {name}" for name, ok in aims(figures)]
     return "\n".join(lines)
 
@@ -493,19 +576,31 @@ def _shown(value: Any) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--from", dest="source", required=True, help="bench/distill.py --out DIR")
+    parser.add_argument("--from", dest="source", help="bench/distill.py --out DIR")
     parser.add_argument(
         "--kinds",
-        default="classifier,lora",
+        default="classifier,lora,budget",
         type=lambda text: [k.strip() for k in text.split(",") if k.strip()],
-        help="student kinds to route to, comma-separated: classifier, lora",
+        help="what to run, comma-separated: classifier, lora, budget (the error budget)",
     )
     parser.add_argument("--requests", type=int, default=600)
     parser.add_argument("--target", type=float, default=0.95)
     parser.add_argument("--stream-samples", type=int, default=100)
     parser.add_argument("--data-dir", default="stillroom-data")
     parser.add_argument("--json", help="also write the figures to this file")
+    parser.add_argument(
+        "--task",
+        default="intents",
+        choices=["intents", "extraction"],
+        help="intents (CLINC150, the default) or extraction (SNIPS: bench/extraction.py)",
+    )
+    error_budget().add_options(parser)
     args = parser.parse_args()
+    if args.task == "extraction":
+        extraction_figures(args)
+        return
+    if args.source is None and set(args.kinds) - {"budget"}:
+        parser.error("--from DIR is needed for the classifier and lora figures")
     figures = run(args)
     print("\nrouting on CLINC150 test utterances (new traffic)")
     print(report(figures))

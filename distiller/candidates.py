@@ -1,5 +1,6 @@
 """One candidate student of each kind, trained on a curated set and evaluated on its
-held-out split: a LoRA adapter (any task), or a classifier head (label-like tasks).
+held-out split: a LoRA adapter (any task), a classifier head (label-like tasks), or an
+extractor (extractor-shaped JSON tasks).
 
 Both are judged alike: agreement with the teacher under the task's metric, the confidence
 threshold at which the answers kept reach the target agreement and the share they keep,
@@ -8,20 +9,25 @@ plus what a user pays for them: training time and time per request.
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
-from core.agreement import Similarity
+from core.agreement import Similarity, score
+from core.answer_layout import answer_document
 from core.classifier import Head
 from core.embedding import Encoder
 from core.evaluation import TrainingProfile, VersionEvaluation
+from core.extractor import Extractor, source_text
 from distiller.classifier import ClassifierConfig, majority_answer, train_classifier
 from distiller.curation import CuratedSet, Example
 from distiller.evaluation import Evaluation, StudentAnswer, evaluate
+from distiller.extractor import ExtractorConfig, train_extractor
 from distiller.inference import StudentModel
 from distiller.training import LoraTrainingConfig, TrainingExample, TrainingProgress, train_lora
 
@@ -40,6 +46,13 @@ class Candidate:
     training_seconds: float
     latencies: list[float] = field(default_factory=list)  # seconds per held-out request
     head: Head | None = None
+    stored: bytes | None = None  # what the store keeps for a kind served in the proxy
+
+    @property
+    def student_head(self) -> bytes | None:
+        """The bytes of ``student_heads`` for this version (a classifier's head, an
+        extractor's model), or None for a kind served elsewhere."""
+        return self.head.to_bytes() if self.head is not None else self.stored
 
     def version_evaluation(self, profile: TrainingProfile) -> VersionEvaluation:
         """What the version keeps: its held-out evaluation, its costs (training time, time
@@ -75,7 +88,9 @@ def lora_candidate(
     on_progress: Callable[[TrainingProgress], None] | None = None,
     on_trained: Callable[[int], None] | None = None,
 ) -> Candidate:
-    """Fine-tune a LoRA adapter, then evaluate it (and the base model, the floor)."""
+    """Fine-tune a LoRA adapter, then evaluate it (and the base model, the floor). It is
+    calibrated on the held-out split alone: out-of-fold predictions would take one more
+    fine-tuning per fold (five folds: five times the training time)."""
     result = train_lora(
         base_model=base_model,
         examples=[TrainingExample(e.messages, e.answer) for e in curated.train],
@@ -155,6 +170,7 @@ def classifier_candidate(
         student=student,
         base=lambda _example: StudentAnswer(floor, 0.0),
         target=judging.target,
+        out_of_fold=result.out_of_fold,
     )
     return Candidate(
         kind="classifier",
@@ -182,3 +198,90 @@ def _answer_budget(model: StudentModel, curated: CuratedSet) -> int:
     """Enough new tokens for the longest teacher answer, and a little more."""
     longest = max(len(model.tokenizer.encode(e.answer)) for e in curated.train + curated.heldout)
     return min(512, longest + 8)
+
+
+def extractor_candidate(
+    *,
+    curated: CuratedSet,
+    name: str,
+    output_path: Path,
+    encoder_path: str,
+    encoder_name: str,
+    judging: Judging,
+    config: ExtractorConfig | None = None,
+    on_progress: Callable[[TrainingProgress], None] | None = None,
+) -> Candidate:
+    """Fine-tune an extractor, then evaluate it as the router will serve it (the model read
+    back from the bytes the store keeps), on the answer documents: a call's arguments, or
+    the message content. The floor is the answer with every varying field left empty."""
+    if curated.fields is None:
+        raise ValueError("an extractor needs the task's field reading")
+    result = train_extractor(
+        curated.train,
+        curated.fields,
+        encoder_path=encoder_path,
+        encoder=encoder_name,
+        config=config,
+        on_progress=on_progress,
+    )
+    stored = result.extractor.to_bytes()
+    output_path.parent.mkdir(parents=True, exist_ok=True)
+    output_path.write_bytes(stored)
+    served = Extractor.from_bytes(stored, encoder_path=encoder_path)
+    heldout = [_as_document(e) for e in curated.heldout]
+    texts = [source_text(e.messages) for e in heldout]
+    answers = {e.exchange_id: x for e, x in zip(heldout, _extract_all(served, texts), strict=True)}
+    floor = served.layout.render({p: v for p, v in _constants(served).items()})
+    evaluation = evaluate(
+        heldout,
+        shape="json",
+        student=lambda e: StudentAnswer(
+            answers[e.exchange_id].answer, answers[e.exchange_id].logprob
+        ),
+        base=lambda _example: StudentAnswer(floor, 0.0),
+        target=judging.target,
+        out_of_fold=_calibration_results(served, result.calibration),
+    )
+    latencies = []
+    for text in texts[:LATENCY_SAMPLES]:
+        began = time.perf_counter()
+        served.extract([text])
+        latencies.append(time.perf_counter() - began)
+    return Candidate(
+        kind="extractor",
+        base_model=encoder_name,
+        adapter_name=name,
+        adapter_path=output_path,
+        evaluation=evaluation,
+        training_seconds=result.seconds,
+        latencies=latencies,
+        stored=stored,
+    )
+
+
+def _as_document(example: Example) -> Example:
+    """The example with its answer as the JSON document an extractor writes (a call's
+    arguments, or the content)."""
+    parsed = answer_document(example.answer)
+    return replace(example, answer=parsed[1]) if parsed is not None else example
+
+
+def _extract_all(extractor: Extractor, texts: list[str]) -> list[Any]:
+    found = []
+    for first in range(0, len(texts), 32):
+        found += extractor.extract(texts[first : first + 32])
+    return found
+
+
+def _constants(extractor: Extractor) -> dict[Any, Any]:
+    return {path: json.loads(value) for path, value in extractor.spec.constants}
+
+
+def _calibration_results(extractor: Extractor, examples: list[Example]) -> list[tuple[float, bool]]:
+    """(confidence, agrees) on the training pairs kept out of training to calibrate."""
+    documents = [_as_document(e) for e in examples]
+    found = _extract_all(extractor, [source_text(e.messages) for e in documents])
+    return [
+        (x.logprob, score("json", x.answer, e.answer).agrees)
+        for x, e in zip(found, documents, strict=True)
+    ]

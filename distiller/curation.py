@@ -18,8 +18,10 @@ from typing import Any
 import numpy as np
 
 from core.agreement import Shape, ShapeRules, detect_shape, normalise_label, parse_json_object
+from core.answer_layout import call_document
 from core.profile import in_heldout, prompt_key
 from core.tables import Exchange
+from distiller.fields import FieldReading, FieldRules, read_fields
 
 GOOD_FINISH = frozenset({"stop", "tool_calls"})
 
@@ -45,6 +47,7 @@ class CurationConfig:
     scrub_pii: bool = False
     label_cap: int = 300
     shape_rules: ShapeRules = field(default_factory=ShapeRules)
+    field_rules: FieldRules = field(default_factory=FieldRules)
 
 
 @dataclass
@@ -54,15 +57,23 @@ class CuratedSet:
     heldout: list[Example]
     excluded: Counter[str]
     labels: list[str] = field(default_factory=list)  # label-like tasks: the answer set
+    fields: FieldReading | None = None  # json tasks: each field's kind, the teacher's layout
+
+    @property
+    def extractor_shaped(self) -> bool:
+        return self.fields is not None and self.fields.extractor_shaped
 
     def summary(self) -> dict[str, Any]:
-        return {
+        summary = {
             "shape": self.shape,
             "train": len(self.train),
             "heldout": len(self.heldout),
             "excluded": dict(self.excluded),
             "labels": len(self.labels),
         }
+        if self.fields is not None:
+            summary["fields"] = self.fields.document()
+        return summary
 
 
 def answer_of(exchange: Exchange) -> tuple[str | None, str]:
@@ -152,6 +163,11 @@ def curate(
     shape = detect_shape(
         [e.answer for e in examples], json_requested=json_requested, rules=config.shape_rules
     )
+    if examples and all(call_document(e.answer) is not None for e in examples):
+        shape = "json"  # calls of a function: their arguments are the answer
+    reading = None
+    if shape == "json":
+        reading = read_fields([(e.messages, e.answer) for e in examples], config.field_rules)
     if config.scrub_pii:
         examples = [_scrubbed(e) for e in examples]
     train = [e for e in examples if not in_heldout(e.prompt_key, config.heldout_percent)]
@@ -160,7 +176,7 @@ def curate(
     if shape == "label":
         train = _capped(train, config.label_cap, excluded)
         labels = sorted({e.answer.strip() for e in examples})
-    return CuratedSet(shape, train, heldout, excluded, labels)
+    return CuratedSet(shape, train, heldout, excluded, labels, reading)
 
 
 def _without_near_duplicates(

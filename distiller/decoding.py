@@ -1,6 +1,11 @@
 """One answer of a causal LM, token by token on its key/value cache: greedy or sampled,
 with OpenAI-shaped token log-probabilities, stop strings, and text released piece by piece
 for streaming (never half a character, never what may be the start of a stop string).
+
+With a JSON ``grammar`` the answer is held to it: only tokens that keep it inside the
+grammar, and leave room to close it in the tokens left, are picked, so the answer parses.
+The log-probabilities reported are the model's own, before that mask (as vLLM's default
+``raw_logprobs``), so a confidence means the same with and without a grammar.
 """
 
 from __future__ import annotations
@@ -12,6 +17,8 @@ from dataclasses import dataclass
 from typing import Any, Literal, TypedDict
 
 import torch
+
+from distiller.json_constraint import Grammar, JsonConstraint
 
 # vLLM's floor for log-probabilities, so that -inf never reaches JSON.
 LOGPROB_FLOOR = -9999.0
@@ -79,6 +86,7 @@ class Decoder:
     temperature: float = 0.0
     top_logprobs: int = 0
     stop: tuple[str, ...] = ()
+    grammar: Grammar | None = None
 
     def run(
         self,
@@ -100,17 +108,24 @@ class Decoder:
         text, stopped, ended_by_eos = "", False, False
         inputs = torch.tensor([prompt], device=self.device)
         cache = None
-        for _ in range(budget):
+        constraint = JsonConstraint(self.grammar, self.eos_ids) if self.grammar else None
+        for step in range(budget):
             if cancel is not None and cancel.is_set():
                 break
             with torch.inference_mode():
                 out = self.model(input_ids=inputs, cache=cache, use_cache=True)
                 logprobs = torch.log_softmax(out.logits[0, -1].float(), dim=-1)
-                token = self._pick(logprobs, generator)
+                if constraint is None:
+                    token = self._pick(logprobs, generator)
+                else:
+                    allowed = constraint.allowed(budget - step).to(logprobs.device)
+                    token = self._pick(logprobs.masked_fill(~allowed, -math.inf), generator)
             cache = out.cache
             if token in self.eos_ids:
                 stopped = ended_by_eos = True
                 break
+            if constraint is not None:
+                constraint.advance(token)
             ids.append(token)
             tokens.append(self._entry(token, logprobs))
             inputs = torch.tensor([[token]], device=self.device)

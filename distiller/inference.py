@@ -16,7 +16,11 @@ The errors::
     │   ├── AdapterMissingError     no adapter at that path
     │   └── AdapterExistsError      the name is taken and replacing was not asked for
     ├── AdapterNotFoundError        no adapter of that name is loaded (also a KeyError)
-    └── PromptError                 the messages cannot be rendered, or do not fit the context
+    ├── PromptError                 the messages cannot be rendered, or do not fit the context
+    └── ResponseFormatError         the ``response_format`` cannot be followed (also a ValueError)
+
+An answer asked for with a JSON ``response_format`` (``json_object``, or ``json_schema``
+with its schema) is decoded held to it (``distiller.json_constraint``): it always parses.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ import itertools
 import math
 import threading
 import warnings
-from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +42,8 @@ import torch
 
 from distiller.base_model import load_causal_lm
 from distiller.decoding import Decoder, Generation, StreamEvent
+from distiller.json_constraint import ResponseFormatError as UnfollowableFormat
+from distiller.json_constraint import grammar_for
 
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
@@ -72,10 +78,15 @@ class PromptError(StudentModelError, ValueError):
     """The messages cannot be rendered by the chat template, or do not fit the context."""
 
 
+class ResponseFormatError(StudentModelError, ValueError):
+    """The ``response_format`` is malformed, or its schema is not a JSON schema."""
+
+
 class GenerateOptions(TypedDict, total=False):
     """How to answer: ``adapter`` (None: the base model) and ``max_new_tokens`` are
     required; ``temperature`` (default 0: greedy), ``top_logprobs`` (default 0) alternatives
-    per token, ``stop`` strings and a sampling ``seed`` are optional."""
+    per token, ``stop`` strings, a sampling ``seed`` and the chat request's
+    ``response_format`` (a JSON one holds the answer to it) are optional."""
 
     adapter: Required[str | None]
     max_new_tokens: Required[int]
@@ -83,6 +94,7 @@ class GenerateOptions(TypedDict, total=False):
     top_logprobs: int
     stop: Sequence[str] | None
     seed: int | None
+    response_format: Mapping[str, Any] | None
 
 
 @dataclass(frozen=True)
@@ -121,6 +133,7 @@ class StudentModel:
         self.context_length: int = int(
             getattr(model.config, "max_position_embeddings", None) or tokenizer.model_max_length
         )
+        self._logits_width: int = int(model.config.vocab_size)
 
     @property
     def tokenizer(self) -> Any:
@@ -265,6 +278,12 @@ class StudentModel:
         :class:`Generation` last. The model stays locked until the iterator is exhausted
         or closed; setting ``cancel`` ends the answer before its next token."""
         with self._lock:
+            try:
+                grammar = grammar_for(
+                    options.get("response_format"), self._tokenizer, self._logits_width
+                )
+            except UnfollowableFormat as exc:
+                raise ResponseFormatError(str(exc)) from exc
             decoder = Decoder(
                 model=self._model,
                 tokenizer=self._tokenizer,
@@ -273,6 +292,7 @@ class StudentModel:
                 temperature=options.get("temperature", 0.0),
                 top_logprobs=options.get("top_logprobs", 0),
                 stop=tuple(options.get("stop") or ()),
+                grammar=grammar,
             )
             prompt = self.prompt_ids(messages)
             budget = min(options["max_new_tokens"], self.context_length - len(prompt))

@@ -1,10 +1,11 @@
 """One training run, end to end: curate → train → evaluate → register → gate → publish.
 
 A label-like task gets a candidate of each enabled student kind (a classifier head in
-seconds, a LoRA adapter in minutes), evaluated on the same held-out split; the tournament
-picks the one to put to the publish gate (see ``distiller.tournament``). Other tasks get a
-LoRA adapter. A run that fails at any step is marked failed with its error; the live version
-of the task is never touched by a failed or rejected run.
+seconds, a LoRA adapter in minutes), and so does an extractor-shaped JSON task (an
+extractor in about a minute, a LoRA adapter), evaluated on the same held-out split; the
+tournament picks the one to put to the publish gate (see ``distiller.tournament``). Other
+tasks get a LoRA adapter. A run that fails at any step is marked failed with its error; the
+live version of the task is never touched by a failed or rejected run.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from sqlmodel import Session
 
 from core.agreement import ShapeRules
 from core.classifier import encoder_id
-from core.embedding import Encoder
+from core.embedding import Encoder, default_embedding_model
 from core.evaluation import TrainingProfile
 from core.metrics import Metrics
 from core.profile import training_profile
@@ -30,10 +31,17 @@ from core.settings import Settings
 from core.store import list_exchanges
 from core.tables import Exchange, StudentHead, StudentVersion, Task, TrainingRun
 from core.task_policy import TaskPolicy, effective_policy
+from core.tool_profile import tool_profile
 from distiller import registry, tournament
 from distiller.backends import StudentReplicas
 from distiller.base_model import resolve_base_model
-from distiller.candidates import Candidate, Judging, classifier_candidate, lora_candidate
+from distiller.candidates import (
+    Candidate,
+    Judging,
+    classifier_candidate,
+    extractor_candidate,
+    lora_candidate,
+)
 from distiller.curation import CuratedSet, CurationConfig, Example, curate
 from distiller.training import LoraTrainingConfig, TrainingProgress
 
@@ -50,10 +58,11 @@ class NoStudentKind(NotEnoughData):
     """No enabled student kind serves a task of this shape."""
 
 
-def kinds_for(shape: str, enabled: Sequence[str]) -> list[str]:
+def kinds_for(shape: str, enabled: Sequence[str], *, extractor_shaped: bool = False) -> list[str]:
     """The student kinds to train for a task of ``shape``, cheapest first: a classifier
-    only for label-like tasks."""
-    return [k for k in ("classifier", "lora") if k in enabled and (k == "lora" or shape == "label")]
+    only for label-like tasks, an extractor only for extractor-shaped JSON tasks."""
+    fits = {"classifier": shape == "label", "extractor": extractor_shaped, "lora": True}
+    return [k for k in ("classifier", "extractor", "lora") if k in enabled and fits[k]]
 
 
 @dataclass
@@ -149,8 +158,9 @@ class Pipeline:
         policy = await asyncio.to_thread(self.policy, run.task)
 
         trained = {e.exchange_id for e in curated.train}
+        requests = [e.request for e in exchanges if e.id in trained]
         profile = TrainingProfile.model_validate(
-            training_profile(e.request for e in exchanges if e.id in trained)
+            {**training_profile(requests), **tool_profile(requests)}
         )
         with Session(self.engine) as session:
             first = registry.next_version_number(session=session, task=run.task)
@@ -174,11 +184,17 @@ class Pipeline:
         return await self._gate(winner, curated.heldout[0], policy)
 
     def _kinds(self, task: str, curated: CuratedSet) -> list[str]:
-        kinds = kinds_for(curated.shape, self.settings.student_kinds)
+        kinds = kinds_for(
+            curated.shape, self.settings.student_kinds, extractor_shaped=curated.extractor_shaped
+        )
         if not kinds:
+            why = ""
+            if curated.fields is not None and curated.fields.reason:
+                why = f" (not extractor-shaped: {curated.fields.reason})"
             raise NoStudentKind(
-                f"task {task!r} has {curated.shape}-shaped teacher answers; the classifier "
-                f"student serves label-like tasks only, and STILLROOM_STUDENT_KINDS="
+                f"task {task!r} has {curated.shape}-shaped teacher answers{why}; the classifier "
+                f"student serves label-like tasks only, the extractor extractor-shaped JSON "
+                f"tasks only, and STILLROOM_STUDENT_KINDS="
                 f"{','.join(self.settings.student_kinds)} leaves out lora"
             )
         return kinds
@@ -204,6 +220,18 @@ class Pipeline:
                 encoder=self.encoder,
                 encoder_name=encoder_id(self.settings.embedding_model),
                 judging=judging,
+            )
+        if kind == "extractor":
+            update(phase="training extractor")
+            return await asyncio.to_thread(
+                extractor_candidate,
+                curated=curated,
+                name=name,
+                output_path=folder / "extractor.bin",
+                encoder_path=self.settings.embedding_model or default_embedding_model(),
+                encoder_name=encoder_id(self.settings.embedding_model),
+                judging=judging,
+                on_progress=self._on_progress(run.id),
             )
         base = await asyncio.to_thread(
             resolve_base_model, self.settings.base_model, self.settings.data_dir
@@ -248,6 +276,7 @@ class Pipeline:
             if row is not None:
                 row.shape = curated.shape
                 row.label_count = len(curated.labels) if curated.shape == "label" else None
+                row.field_kinds = curated.fields.document() if curated.fields else None
 
     def _check_enough(self, task: str, curated: CuratedSet) -> None:
         needed = self.settings.train_min_pairs
@@ -283,8 +312,9 @@ class Pipeline:
         )
         with Session(self.engine) as session, session.begin():
             session.add(version)
-            if candidate.head is not None:
-                session.add(StudentHead(version_id=version.id, data=candidate.head.to_bytes()))
+            stored = candidate.student_head
+            if stored is not None:
+                session.add(StudentHead(version_id=version.id, data=stored))
             session.flush()
             session.expunge(version)
         return version

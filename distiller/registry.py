@@ -25,6 +25,7 @@ from sqlmodel import Session, col, select
 from core.classifier import Head
 from core.errors import InvalidRequestError, NotFoundError
 from core.evaluation import TournamentFigures, read_evaluation
+from core.extractor import Extractor
 from core.tables import (
     Exchange,
     StudentHead,
@@ -108,6 +109,8 @@ async def publish(
     try:
         if version.kind == "classifier":
             check_head(engine=engine, version=version)
+        elif version.kind == "extractor":
+            check_extractor(engine=engine, version=version)
         else:
             await backend.publish(version.adapter_name, version.adapter_path, probe_messages)
     except (StudentBackendError, ValueError) as exc:
@@ -209,9 +212,23 @@ def check_head(*, engine: Engine, version: StudentVersion) -> Head:
     return head
 
 
+def check_extractor(*, engine: Engine, version: StudentVersion) -> dict[str, Any]:
+    """An extractor version's description, read back from the store (every proxy replica
+    loads the model from there); ValueError if it is missing or unreadable."""
+    with Session(engine) as session:
+        row = session.get(StudentHead, version.id)
+        data = row.data if row is not None else None
+    if data is None:
+        raise ValueError(f"v{version.number} has no extractor in the store")
+    meta = Extractor.read_meta(data)
+    if not meta.get("spec") or not meta.get("layout"):
+        raise ValueError(f"v{version.number}'s extractor has no fields or layout")
+    return meta
+
+
 async def ensure_loaded(backend: StudentReplicas, version: StudentVersion) -> None:
-    """Load the version's adapter into every replica that lacks it (a classifier needs
-    nothing of the student server)."""
+    """Load the version's adapter into every replica that lacks it (a classifier or an
+    extractor needs nothing of the student server)."""
     if version.kind == "lora":
         await backend.ensure_loaded(version.adapter_name, version.adapter_path)
 

@@ -7,8 +7,11 @@ Endpoints and their answers follow vLLM's (``vllm/entrypoints/openai`` and
 base name or a LoRA adapter's name), ``GET /v1/models`` (adapters carry ``parent``, the
 base, and ``root``, their path), ``POST /v1/load_lora_adapter`` and
 ``POST /v1/unload_lora_adapter`` (200 with a plain-text ``Success: ...`` line) and
-``GET /health``. Errors are vLLM's ``{"error": {"message", "type", "param", "code"}}`` with
-the HTTP status as ``code`` (an integer, where OpenAI sends a string or null).
+``GET /health``. A ``response_format`` of ``json_object`` or ``json_schema`` holds the
+answer to JSON, or to the schema, as vLLM's structured outputs do (the subset of JSON
+Schema followed is in ``distiller.json_grammar``). Errors are vLLM's
+``{"error": {"message", "type", "param", "code"}}`` with the HTTP status as ``code`` (an
+integer, where OpenAI sends a string or null).
 """
 
 from __future__ import annotations
@@ -55,6 +58,7 @@ from distiller.inference import (
     AdapterNotFoundError,
     GenerateOptions,
     PromptError,
+    ResponseFormatError,
     StudentModel,
 )
 
@@ -239,6 +243,7 @@ def _answer(body: StudentChatRequest, serving: _Serving) -> _Answer:
         top_logprobs=top_logprobs,
         stop=[body.stop] if isinstance(body.stop, str) else body.stop,
         seed=body.seed,
+        response_format=body.response_format,
     )
     return _Answer(
         id=new_completion_id(),
@@ -263,7 +268,7 @@ async def chat_completions(
         first = await anext(events)
     except AdapterNotFoundError:  # unloaded while the request waited for the model
         raise _not_found(f"The model `{answer.model}` does not exist.") from None
-    except PromptError as exc:
+    except (PromptError, ResponseFormatError) as exc:
         raise _bad_request(str(exc)) from None
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     return StreamingResponse(

@@ -14,8 +14,9 @@ from collections.abc import Mapping, Sequence
 from core.evaluation import TournamentEntrant, TournamentFigures, read_evaluation
 from core.tables import StudentVersion
 
-# Cheapest to serve first: a classifier answers inside the proxy in milliseconds.
-SERVING_COST = {"classifier": 0, "lora": 1}
+# Cheapest to serve first: a classifier answers inside the proxy in milliseconds, an
+# extractor (a fine-tuned encoder's forward pass) there too in a few more.
+SERVING_COST = {"classifier": 0, "extractor": 1, "lora": 2}
 
 
 def share_at_target(version: StudentVersion) -> float:

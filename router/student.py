@@ -3,7 +3,8 @@
 :class:`Student` is what routing, shadow and audit scoring call; :class:`Students` sends
 each version to the student of its kind: :class:`StudentClient` asks the student server
 (vLLM or the embedded one; one replica of it that holds the version's adapter) for a LoRA
-version, ``router.classifier`` answers a classifier version inside the proxy. Either way
+version, ``router.classifier`` answers a classifier version and ``router.extractor`` an
+extractor version inside the proxy. Either way
 the answer comes back with a confidence (a log-probability), or as a clear failure the
 proxy falls back from.
 """
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import httpx
 
-from router.policy import StudentRef
+from router.policy import Policy, StudentRef
 from router.reasons import Declined
 from router.replicas import ReplicaAdapters
 
@@ -82,6 +83,31 @@ class Students:
         return await kind.answer(student, payload, prompt=prompt)
 
 
+class Preparing(Protocol):
+    async def prepare(self, policies: dict[str, Policy]) -> None:
+        """Load what the policies' students need before the policies take effect."""
+
+
+async def prepare_students(policies: dict[str, Policy], *kinds: Preparing) -> None:
+    """Each in-proxy kind loads its published versions (the policy refresh awaits it)."""
+    for kind in kinds:
+        await kind.prepare(policies)
+
+
+def structured_output(payload: dict[str, Any]) -> dict[str, Any] | None:
+    """The request's JSON ``response_format`` (``json_object``, or ``json_schema`` with its
+    schema), passed on as it came: vLLM's OpenAI server turns it into its structured
+    outputs (``structured_outputs.json``; ``guided_json`` before v0.12), the embedded
+    student server holds its decoding to it, so a LoRA student's answer always parses."""
+    response_format = payload.get("response_format")
+    if isinstance(response_format, dict) and response_format.get("type") in (
+        "json_object",
+        "json_schema",
+    ):
+        return response_format
+    return None
+
+
 def mean_logprob(completion: dict[str, Any]) -> float:
     choice = completion["choices"][0]
     tokens = ((choice.get("logprobs") or {}).get("content")) or []
@@ -125,6 +151,9 @@ class StudentClient:
             "logprobs": True,
             "stream": False,
         }
+        response_format = structured_output(payload)
+        if response_format is not None:
+            body["response_format"] = response_format
         started = time.perf_counter()
         url = await self.replicas.pick(student.adapter_name)
         if url is None:

@@ -28,7 +28,8 @@ from core.tables import Mode, Task
 from core.transitions import change_mode, lock_task
 from distiller import registry
 from distiller.curation import CurationConfig, curate
-from proxy.admin.reports import task_summary, task_transitions, version_public
+from distiller.export import fine_tuning_record
+from proxy.admin.reports import task_summary, task_transitions, threshold_moves, version_public
 from proxy.gateway.deps import RuntimeDep
 from proxy.gateway.runtime import Runtime
 
@@ -77,11 +78,13 @@ def get_tasks(session: SessionDep, runtime: RuntimeDep) -> dict[str, Any]:
 
 @router.get("/tasks/{task}")
 def get_task(task: str, session: SessionDep, runtime: RuntimeDep) -> dict[str, Any]:
-    """The task's summary, and its latest changes of mode and cutover (newest first)."""
+    """The task's summary, its latest changes of mode and cutover and the controller's
+    latest moves of its threshold (each newest first)."""
     row = _task(session, task)
     return {
         **task_summary(session, row, runtime.settings),
         "transitions": task_transitions(session, row.name),
+        "threshold_moves": threshold_moves(session, row.name),
     }
 
 
@@ -173,16 +176,17 @@ async def post_rollback(task: str, runtime: RuntimeDep) -> dict[str, Any]:
 
 @router.get("/tasks/{task}/export")
 def get_export(task: str, runtime: RuntimeDep, session: SessionDep) -> StreamingResponse:
-    """The task's curated pairs as OpenAI fine-tuning JSONL (one chat per line)."""
+    """The task's curated pairs as OpenAI fine-tuning JSONL (one chat per line; a pair the
+    teacher answered with tool calls as a tool fine-tuning record)."""
     _task(session, task)
-    curated = curate(
-        list_exchanges(session=session, task=task), _curation_config(runtime), embed=None
-    )
+    exchanges = list(list_exchanges(session=session, task=task))
+    curated = curate(exchanges, _curation_config(runtime), embed=None)
+    requests = {exchange.id: exchange.request for exchange in exchanges}
 
     def lines() -> Iterator[bytes]:
         for example in [*curated.train, *curated.heldout]:
-            chat = [*example.messages, {"role": "assistant", "content": example.answer}]
-            yield orjson.dumps({"messages": chat}) + b"\n"
+            record = fine_tuning_record(example, requests[example.exchange_id])
+            yield orjson.dumps(record) + b"\n"
 
     return StreamingResponse(
         lines(),

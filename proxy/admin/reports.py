@@ -1,5 +1,10 @@
 """What the admin API and ``stillroom tasks`` show about a task: traffic, who served it,
-cost and savings, the live version's offline and live agreement, the latest drift check."""
+cost and savings, the live version's offline and live agreement, the latest drift check,
+the threshold it answers at and the controller's moves.
+
+Live agreement is an estimate from a sample (shadow and audit pairs): each comes with its
+two-sided 95% Clopper-Pearson interval (``core.intervals``), and the savings with the
+agreement they were bought at."""
 
 from __future__ import annotations
 
@@ -7,9 +12,21 @@ from typing import Any
 
 from sqlmodel import Session, col, func, select
 
+from core.intervals import interval
 from core.settings import Settings
-from core.tables import DriftReport, Exchange, ShadowResult, StudentVersion, Task, TaskTransition
+from core.tables import (
+    DriftReport,
+    Exchange,
+    ShadowResult,
+    StudentVersion,
+    Task,
+    TaskTransition,
+    ThresholdMove,
+)
+from core.task_policy import effective_policy
 from core.transitions import recent_transitions
+from router.gates import served_agreement
+from router.threshold_control import recent_moves
 
 
 def version_public(version: StudentVersion) -> dict[str, Any]:
@@ -18,6 +35,15 @@ def version_public(version: StudentVersion) -> dict[str, Any]:
 
 def transition_public(transition: TaskTransition) -> dict[str, Any]:
     return transition.model_dump(mode="json", exclude={"task"})
+
+
+def move_public(move: ThresholdMove) -> dict[str, Any]:
+    return move.model_dump(mode="json", exclude={"task"})
+
+
+def threshold_moves(session: Session, task: str) -> list[dict[str, Any]]:
+    """The controller's latest moves of the task's threshold, newest first."""
+    return [move_public(m) for m in recent_moves(session=session, task=task)]
 
 
 def task_transitions(session: Session, task: str) -> list[dict[str, Any]]:
@@ -45,6 +71,8 @@ def task_summary(session: Session, task: Task, settings: Settings) -> dict[str, 
     spend = _spend_by_origin(session, task.name)
     audits, audit_cost = spend.get("audit", (0, 0.0))
     active = session.get(StudentVersion, task.active_version_id) if task.active_version_id else None
+    live = _live_agreement(session, task, active, settings) if active else None
+    savings = _savings(session, task.name, settings)
     return {
         "name": task.name,
         "derived": task.derived,
@@ -58,15 +86,16 @@ def task_summary(session: Session, task: Task, settings: Settings) -> dict[str, 
         "auto_ramp": task.auto_ramp,
         "shape": task.shape,
         "label_count": task.label_count,
+        "field_kinds": task.field_kinds,
         "exchanges": {"total": sum(statuses.values()), **statuses},
         "served_by": served,
         "cost_usd": sum(cost for _, cost in spend.values()),
         "audits": {"exchanges": audits, "cost_usd": audit_cost},
-        "savings_usd": _savings(session, task.name, settings),
+        "savings_usd": savings,
+        "savings": _savings_at_agreement(savings, served, live),
+        "threshold": _threshold(task, active, settings),
         "active_version": version_public(active) if active else None,
-        "live_agreement": _live_agreement(session, active, settings.drift_window)
-        if active
-        else None,
+        "live_agreement": live,
         "drift": _latest_drift(session, task.name),
         "last_transition": _latest_transition(session, task.name),
         "created_at": task.created_at.isoformat() if task.created_at else None,
@@ -105,20 +134,57 @@ def _savings(session: Session, task: str, settings: Settings) -> float:
     return total
 
 
-def _live_agreement(session: Session, version: StudentVersion, window: int) -> dict[str, Any]:
-    """Agreement of the latest shadow and audit pairs of the live version."""
+def _threshold(task: Task, version: StudentVersion | None, settings: Settings) -> dict[str, Any]:
+    """The threshold routing uses for the live version, and whose it is: the admin's
+    (``confidence_threshold`` on the task wins), the controller's, or the calibrated one."""
+    policy = effective_policy(task, settings)
+    effective = policy.threshold_for(version)
+    calibrated = version.confidence_threshold if version is not None else None
+    if policy.overridden:
+        source = "admin"
+    elif version is not None and effective is not None and effective != calibrated:
+        source = "controller"
+    else:
+        source = "calibrated"
+    return {"effective": effective, "source": source, "calibrated": calibrated}
+
+
+def _live_agreement(
+    session: Session, task: Task, version: StudentVersion, settings: Settings
+) -> dict[str, Any]:
+    """Agreement of the latest shadow and audit pairs of the live version, each with its
+    95% interval; ``served``: of those, the ones the student serves at its threshold."""
+    latest = (
+        select(ShadowResult.kind, ShadowResult.agrees, ShadowResult.confidence)
+        .where(ShadowResult.version_id == version.id)
+        .order_by(col(ShadowResult.created_at).desc())
+        .limit(settings.drift_window)
+    )
     figures: dict[str, Any] = {}
     for kind in ("shadow", "audit"):
-        agreed = session.exec(
-            select(ShadowResult.agrees)
-            .where(ShadowResult.version_id == version.id, ShadowResult.kind == kind)
-            .order_by(col(ShadowResult.created_at).desc())
-            .limit(window)
-        ).all()
-        figures[kind] = {
-            "pairs": len(agreed),
-            "agreement": sum(agreed) / len(agreed) if agreed else None,
-        }
+        agreed = session.exec(latest.where(ShadowResult.kind == kind)).all()
+        figures[kind] = interval(sum(a for _, a, _ in agreed), len(agreed)).public()
+    rows = session.exec(latest).all()
+    threshold = effective_policy(task, settings).threshold_for(version)
+    agreement, pairs = served_agreement(list(rows), threshold)
+    agreed_served = round((agreement or 0.0) * pairs)
+    figures["served"] = interval(agreed_served, pairs).public()
+    return figures
+
+
+def _savings_at_agreement(
+    savings: float, served: dict[str, int], live: dict[str, Any] | None
+) -> dict[str, Any]:
+    """What was saved, with the share the student served and the agreement (with its
+    interval) that share was served at: a saving holds only at the agreement it came with."""
+    requests = sum(served.values())
+    figures: dict[str, Any] = {
+        "usd": savings,
+        "student_share": served.get("student", 0) / requests if requests else None,
+        "agreement": None,
+    }
+    if live is not None:
+        figures["agreement"] = live["audit"] if live["audit"]["pairs"] else live["served"]
     return figures
 
 

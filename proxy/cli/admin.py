@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -57,6 +58,22 @@ def _percent(value: float | None) -> str:
     return "-" if value is None else f"{value:.1%}"
 
 
+def _estimate(figure: dict[str, Any] | None) -> str:
+    """An agreement measured on a sample, with its 95% interval and sample size."""
+    if not figure or figure.get("agreement") is None:
+        return "-"
+    low, high = figure["low"], figure["high"]
+    return f"{figure['agreement']:.1%} ({low:.1%}-{high:.1%}, n {figure['pairs']})"
+
+
+def _task_threshold(task: dict[str, Any]) -> str:
+    """The threshold the live version answers at, and whose it is."""
+    figure = task.get("threshold") or {}
+    if figure.get("effective") is None:
+        return "-"
+    return f"{figure['effective']:.3f} ({figure['source']})"
+
+
 def tasks(url: UrlOption = DEFAULT_URL, token: TokenOption = None) -> None:
     """List tasks: traffic, answer shape, mode, live version and its agreement."""
     data = AdminClient(url, token).call("GET", "/admin/tasks")["data"]
@@ -69,8 +86,9 @@ def tasks(url: UrlOption = DEFAULT_URL, token: TokenOption = None) -> None:
         "cutover",
         "live version",
         "held-out",
-        "shadow",
-        "audit",
+        "shadow (95% CI)",
+        "audit (95% CI)",
+        "threshold",
         "cost",
         "saved",
         "last change",
@@ -88,8 +106,9 @@ def tasks(url: UrlOption = DEFAULT_URL, token: TokenOption = None) -> None:
             f"{task['cutover_percent']:g}%",
             f"v{version['number']} ({version['kind']})" if version else "-",
             _percent(version["retained_agreement"]) if version else "-",
-            _percent((live.get("shadow") or {}).get("agreement")),
-            _percent((live.get("audit") or {}).get("agreement")),
+            _estimate(live.get("shadow")),
+            _estimate(live.get("audit")),
+            _task_threshold(task),
             f"${task['cost_usd']:.4f}",
             f"${task['savings_usd']:.4f}",
             _last_change(task.get("last_transition")),
@@ -120,6 +139,13 @@ def _shape(task: dict[str, Any]) -> str:
     shape = task.get("shape")
     if shape == "label" and task.get("label_count"):
         return f"label ({task['label_count']})"
+    fields = task.get("field_kinds")
+    if shape == "json" and fields:
+        if not fields.get("extractor"):
+            return "json (not extractor-shaped)"
+        kinds = Counter(f["kind"] for f in (fields.get("fields") or {}).values())
+        counted = ", ".join(f"{n} {kind}" for kind, n in sorted(kinds.items()))
+        return f"json (extractor: {counted})"
     return shape or "-"
 
 

@@ -18,10 +18,11 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 import uvicorn
@@ -35,9 +36,9 @@ from distiller.datasets import clinc150_banking20
 from distiller.tiny_model import build_tiny_model
 from proxy.demo import report
 from proxy.demo.teacher import IntentTeacher, Latency, create_teacher_app, system_prompt
-from proxy.demo.traffic import TASK, App
-from proxy.demo.view import State, render
-from proxy.processes.servers import settings_environment
+from proxy.demo.traffic import TASK, App, TrafficStats
+from proxy.demo.view import ProgressLines, State, render
+from proxy.processes.environment import settings_environment
 
 console = Console()
 
@@ -186,17 +187,17 @@ class _Demo:
         started = time.monotonic()
         deadline = started + 60 * self.profile.minutes
         async with httpx.AsyncClient(base_url=base_url, timeout=30) as admin:
-            with Live(render(state, app.stats), console=console, refresh_per_second=4) as live:
+            with live_view(console, state, app.stats) as show:
                 while time.monotonic() < deadline and not traffic.done():
                     await asyncio.sleep(0.5)
                     state.elapsed = time.monotonic() - started
                     await self._observe(admin, state)
-                    live.update(render(state, app.stats))
+                    show()
                     if self._finished(state, app):
                         break
                 stop.set()
                 await traffic
-                live.update(render(state, app.stats))
+                show(final=True)
         if app.stats.last_error:
             console.print(f"[yellow]last request error: {app.stats.last_error}[/yellow]")
         await asyncio.sleep(2 * settings.capture_flush_seconds + 1.0)
@@ -249,6 +250,34 @@ class _Demo:
         console.print(table)
         console.print(f"report: {self.directory / 'report.md'} and {chart}")
         return figures
+
+
+class Show(Protocol):
+    def __call__(self, *, final: bool = False) -> None:
+        """Show the state as it is now (``final``: the last time)."""
+
+
+@contextlib.contextmanager
+def live_view(out: Console, state: State, stats: TrafficStats) -> Iterator[Show]:
+    """The live view on ``out``: a panel redrawn in place on a terminal; otherwise (a pipe,
+    a file, a CI log) plain lines, one per phase change and a progress line every few
+    seconds, each written as it happens."""
+    if out.is_terminal:
+        with Live(render(state, stats), console=out, refresh_per_second=4) as live:
+
+            def redraw(*, final: bool = False) -> None:
+                live.update(render(state, stats))
+
+            yield redraw
+        return
+    lines = ProgressLines()
+
+    def write(*, final: bool = False) -> None:
+        for line in lines.lines(state, stats, final=final):
+            out.print(line, highlight=False, markup=False, soft_wrap=True)
+
+    write()
+    yield write
 
 
 def _teacher_server(teacher: IntentTeacher, profile: Profile) -> uvicorn.Server:

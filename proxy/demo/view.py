@@ -1,5 +1,10 @@
-"""The demo's live terminal view: phase (with the training run's progress), request rate,
-share on the student, agreement, dollars, and p50 latency of each path."""
+"""The demo's live view: phase (with the training run's progress), request rate, share on
+the student, agreement, dollars, and p50 latency of each path.
+
+:func:`render` is the panel a terminal shows; :class:`ProgressLines` is the same as lines
+of plain text for output that is not a terminal (``make demo | tee``, a CI log), where a
+redrawn panel would show nothing until the end: a line at each change of phase, and a
+progress line every few seconds."""
 
 from __future__ import annotations
 
@@ -96,3 +101,61 @@ def _latency(stats: TrafficStats) -> str:
 
 def _percent(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f}%"
+
+
+PROGRESS_EVERY = 5.0  # seconds between progress lines when not on a terminal
+
+
+class ProgressLines:
+    """The live view as plain lines: one when the phase changes, and a progress line every
+    ``every`` seconds of the demo (by ``State.elapsed``)."""
+
+    def __init__(self, every: float = PROGRESS_EVERY) -> None:
+        self.every = every
+        self._phase: str | None = None
+        self._next_progress = 0.0
+        self._progress_at: float | None = None
+
+    def lines(self, state: State, stats: TrafficStats, *, final: bool = False) -> list[str]:
+        """What to print for this look at the demo (``final``: the last look, which ends
+        with a progress line)."""
+        stamp = f"[{state.elapsed:5.0f} s]"
+        out = []
+        if state.phase != self._phase:
+            self._phase = state.phase
+            out.append(f"{stamp} phase: {state.phase}")
+        due = state.elapsed >= self._next_progress
+        if due or (final and self._progress_at != state.elapsed):
+            self._next_progress = state.elapsed + self.every
+            self._progress_at = state.elapsed
+            out.append(f"{stamp} {progress_line(state, stats)}")
+        return out
+
+
+def progress_line(state: State, stats: TrafficStats) -> str:
+    """One line of the live view's figures."""
+    parts = []
+    run = state.run
+    if run is not None and run["state"] in ("queued", "running") and run.get("total_steps"):
+        training = f"step {run['step']}/{run['total_steps']}"
+        if run.get("loss") is not None:
+            training += f", loss {run['loss']:.3f}"
+        if run.get("eta_seconds"):
+            training += f", eta {run['eta_seconds']:.0f} s"
+        parts.append(training)
+    parts.append(f"{stats.answered:,} answered, {stats.rate():.1f}/s")
+    if stats.errors:
+        parts.append(f"{stats.errors} errors")
+    task = state.task or {}
+    exchanges = (task.get("exchanges") or {}).get("ok", 0)
+    if task.get("active_version") is None and state.pairs_needed:
+        parts.append(f"{exchanges:,}/{state.pairs_needed} pairs captured")
+    share = stats.student_share()
+    parts.append("student -" if share is None else f"student {share:.0%}")
+    if task.get("active_version"):
+        parts.append(_agreement(task))
+    parts.append(f"spent ${float(task.get('cost_usd') or 0.0):.4f}")
+    latency = _latency(stats)
+    if latency != "-":
+        parts.append(f"p50 {latency}")
+    return " | ".join(parts)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -18,9 +19,14 @@ from core.wire import (
     SSE_DONE,
     AssistantMessage,
     ChatCompletion,
+    ChatCompletionChunk,
     ChatCompletionRequest,
     Choice,
     ChoiceLogprobs,
+    Delta,
+    FunctionCallDelta,
+    ToolCall,
+    ToolCallDelta,
     Usage,
     completion_chunks,
     sse,
@@ -28,17 +34,26 @@ from core.wire import (
 from proxy.gateway.headers import RawHeaders
 from proxy.gateway.recording import ExchangeRecorder
 from proxy.gateway.runtime import Runtime
-from proxy.gateway.teacher_call import call_teacher
+from proxy.gateway.teacher import Teacher
+from proxy.gateway.teacher_call import call_teacher, relayed
+from proxy.gateway.teacher_dialects import CHAT, TeacherDialect
 from router.bucketing import ROUTE_KEY_HEADER
-from router.route import Outcome
+from router.reasons import NotAsked, TeacherOnly
+from router.route import Outcome, count
 from router.scoring import AskTeacher, AuditScoring, TeacherAnswer
 from router.student import StudentReply
 
 
 def answer_text(completion: dict[str, Any]) -> str | None:
+    """The answer's text, or the arguments of its one tool call (what a student that
+    answers with calls is scored on)."""
     choices = completion.get("choices") or []
     message = (choices[0].get("message") or {}) if choices else {}
     content = message.get("content")
+    calls = message.get("tool_calls") or []
+    if not isinstance(content, str) and len(calls) == 1:
+        arguments = (calls[0].get("function") or {}).get("arguments")
+        return arguments if isinstance(arguments, str) else None
     return content if isinstance(content, str) else None
 
 
@@ -48,10 +63,24 @@ async def route(
     chat: ChatCompletionRequest,
     payload: dict[str, Any],
     recorder: ExchangeRecorder,
+    *,
+    teacher_only: TeacherOnly | None = None,
 ) -> Outcome:
     """The router's outcome for this request. The router awaits only the student and the
-    work done for it: a client that leaves meanwhile is recorded as leaving the student."""
+    work done for it: a client that leaves meanwhile is recorded as leaving the student.
+
+    ``teacher_only``: why only the teacher can answer this request of another dialect
+    (``payload`` is its chat view, which cannot say it); the student is not asked."""
     policy = runtime.policies.get(recorder.task.name)
+    if teacher_only is not None:
+        reason: NotAsked = teacher_only
+        if policy.student is None:
+            reason = "no_student"
+        elif policy.mode == "off":
+            reason = "off"
+        outcome = Outcome(policy.task, "teacher", reason)
+        count(runtime.metrics, outcome)
+        return outcome
     with recorder.aborted_if_cancelled("student"):
         return await runtime.router.route(
             policy, chat, payload, route_key_header=request.headers.get(ROUTE_KEY_HEADER)
@@ -85,11 +114,31 @@ def shadow_hook(
     return submit
 
 
-def submit_audit(runtime: Runtime, audit: AuditScoring, task: TaskRef, headers: RawHeaders) -> None:
-    runtime.scorer.submit(audit.job(_teacher_asker(runtime, task, headers)))
+@dataclass(frozen=True, slots=True)
+class AuditAsk:
+    """How an audit asks the teacher in a dialect other than chat: ``client_request``,
+    the client's own request, again (not its chat view), in ``dialect``."""
+
+    teacher: Teacher
+    dialect: TeacherDialect
+    client_request: dict[str, Any]
 
 
-def _teacher_asker(runtime: Runtime, task: TaskRef, headers: RawHeaders) -> AskTeacher:
+def submit_audit(
+    runtime: Runtime,
+    audit: AuditScoring,
+    task: TaskRef,
+    headers: RawHeaders,
+    asked: AuditAsk | None = None,
+) -> None:
+    """Score the student's answer against the teacher's, asked later: in chat form on the
+    OpenAI teacher, or as ``asked`` says."""
+    runtime.scorer.submit(audit.job(_teacher_asker(runtime, task, headers, asked)))
+
+
+def _teacher_asker(
+    runtime: Runtime, task: TaskRef, headers: RawHeaders, asked: AuditAsk | None
+) -> AskTeacher:
     """Asks the teacher the same question later, with the client's credentials (held in
     memory only), and records that call as an audit: an exchange, not a request."""
 
@@ -103,14 +152,20 @@ def _teacher_asker(runtime: Runtime, task: TaskRef, headers: RawHeaders) -> AskT
             stream=False,
             origin="audit",
         )
-        body = {k: v for k, v in payload.items() if k not in ("stream", "stream_options")}
+        dialect: TeacherDialect = CHAT
+        sent, teacher = payload, runtime.teacher
+        if asked is not None:
+            sent, teacher, dialect = asked.client_request, asked.teacher, asked.dialect
+            audit.dialect, audit.client_request = dialect.name, sent
+        body = {k: v for k, v in sent.items() if k not in ("stream", "stream_options")}
         try:
             answer = await call_teacher(
-                runtime.teacher,
+                teacher,
                 audit,
                 served_by="teacher",
                 headers=headers,
                 body=orjson.dumps(body),
+                dialect=dialect,
             )
         except StillroomError:
             return None
@@ -133,7 +188,7 @@ def client_view(reply: StudentReply, chat: ChatCompletionRequest) -> dict[str, A
         choices.append(
             Choice(
                 index=choice.get("index", 0),
-                message=AssistantMessage(content=message.get("content"), annotations=[]),
+                message=_message(message),
                 logprobs=ChoiceLogprobs(content=logprobs.get("content") or [])
                 if logprobs
                 else None,
@@ -157,6 +212,14 @@ def client_view(reply: StudentReply, chat: ChatCompletionRequest) -> dict[str, A
     return completion.model_dump(mode="json")
 
 
+def _message(message: dict[str, Any]) -> AssistantMessage:
+    """A student's message: its content, and its tool calls when it made any."""
+    built = AssistantMessage(content=message.get("content"), annotations=[])
+    if message.get("tool_calls"):
+        built.tool_calls = [ToolCall.model_validate(call) for call in message["tool_calls"]]
+    return built
+
+
 def student_response(
     recorder: ExchangeRecorder, outcome: Outcome, reply: StudentReply, chat: ChatCompletionRequest
 ) -> Response:
@@ -178,8 +241,105 @@ def student_response(
     return response
 
 
+@dataclass(frozen=True, slots=True)
+class WrittenAnswer:
+    """A student's answer written in the client's dialect (not chat)."""
+
+    completion: dict[str, Any]  # its chat.completion view, as recorded
+    document: dict[str, Any]  # the answer as the client gets it whole
+    response_id: str  # the id the client sees
+    events: list[bytes] | None  # the stream of it, when the client asked for one
+    # The document as stored, where it keeps more than the client sees (its owner's key).
+    stored: dict[str, Any] | None = None
+
+
+def written_response(
+    recorder: ExchangeRecorder, outcome: Outcome, reply: StudentReply, written: WrittenAnswer
+) -> Response:
+    """The student's answer in another dialect than chat, recorded and sent."""
+    recorder.record(
+        served_by=outcome.served_by,
+        status="ok",
+        http_status=200,
+        response=written.completion,
+        upstream_seconds=reply.seconds,  # the student's time is not the proxy's overhead
+        client_response=written.stored if written.stored is not None else written.document,
+        response_id=written.response_id,
+    )
+    response: Response
+    if written.events is None:
+        response = Response(orjson.dumps(written.document), media_type="application/json")
+    else:
+        response = StreamingResponse(iter(written.events), media_type="text/event-stream")
+    response.raw_headers = [*response.raw_headers, *outcome_headers(outcome)]
+    return response
+
+
+async def teacher_response(
+    runtime: Runtime,
+    recorder: ExchangeRecorder,
+    outcome: Outcome,
+    headers: RawHeaders,
+    body: bytes,
+    *,
+    teacher: Teacher,
+    dialect: TeacherDialect,
+) -> Response:
+    """The teacher's answer to a request of another dialect than chat, first or as the
+    fallback, passed on as it arrives (and its complete answer shadowed, if ordered)."""
+    answer = await call_teacher(
+        teacher,
+        recorder,
+        served_by=outcome.served_by,
+        headers=headers,
+        body=body,
+        stream=recorder.stream,
+        on_answer=shadow_hook(runtime, outcome, recorder.id),
+        dialect=dialect,
+    )
+    return relayed(answer, outcome_headers(outcome))
+
+
 def completion_events(completion: dict[str, Any], *, include_usage: bool) -> list[bytes]:
     """A whole answer as the OpenAI stream of it: role, content, finish, (usage), done."""
     whole = ChatCompletion.model_validate(completion)
     chunks = completion_chunks(whole, include_usage=include_usage)
+    if any(choice.message.tool_calls for choice in whole.choices):
+        chunks = _with_argument_deltas(chunks)
     return [*(sse(chunk) for chunk in chunks), SSE_DONE]
+
+
+ARGUMENT_PIECE = 16  # characters of a call's arguments per streamed delta
+
+
+def _with_argument_deltas(chunks: list[ChatCompletionChunk]) -> list[ChatCompletionChunk]:
+    """Tool calls streamed as OpenAI streams them: a delta opening each call (id, type,
+    name, empty arguments), then its arguments a piece at a time."""
+    streamed: list[ChatCompletionChunk] = []
+    for chunk in chunks:
+        calls = [d for c in chunk.choices for d in (c.delta.tool_calls or [])]
+        if len(chunk.choices) != 1 or not calls:
+            streamed.append(chunk)
+            continue
+        choice = chunk.choices[0]
+        for call in calls:
+            function = call.function or FunctionCallDelta()
+            arguments = function.arguments or ""
+            opening = call.model_copy(
+                update={"function": FunctionCallDelta(name=function.name, arguments="")}
+            )
+            pieces = [opening] + [
+                ToolCallDelta(
+                    index=call.index,
+                    function=FunctionCallDelta(arguments=arguments[at : at + ARGUMENT_PIECE]),
+                )
+                for at in range(0, len(arguments), ARGUMENT_PIECE)
+            ]
+            for piece in pieces:
+                delta = Delta(tool_calls=[piece])
+                streamed.append(
+                    chunk.model_copy(
+                        update={"choices": [choice.model_copy(update={"delta": delta})]}
+                    )
+                )
+    return streamed

@@ -3,13 +3,15 @@ uvicorn server, with the real openai SDK as the client."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 import openai
 import pytest
+from pydantic import BaseModel
 
 from distiller.student_server import create_student_app
 
@@ -248,3 +250,44 @@ def test_a_prompt_longer_than_the_context_is_400(student: Student) -> None:
 def test_invalid_requests_are_400_as_in_vllm(student: Student) -> None:
     assert_vllm_error(student.chat(max_tokens=2), 400, "Bad Request", "model")
     assert_vllm_error(student.http.get("/v1/nothing"), 404, "Not Found", "Not Found")
+
+
+class Booking(BaseModel):
+    intent: Literal["BookRestaurant", "GetWeather"]
+    city: str
+    party_size: int | None = None
+
+
+def test_sdk_parse_gets_an_answer_held_to_its_pydantic_model(student: Student) -> None:
+    # An adapter of random weights: only the schema makes its answers parse.
+    for seed in range(3):
+        completion = student.sdk.chat.completions.parse(
+            model="alpha",
+            messages=MESSAGES,
+            response_format=Booking,
+            max_tokens=60,
+            temperature=1.0,
+            seed=seed,
+        )
+        assert isinstance(completion.choices[0].message.parsed, Booking)
+
+
+def test_streamed_json_object_answer_parses(student: Student) -> None:
+    response = student.chat(
+        model="alpha",
+        max_tokens=40,
+        temperature=1.0,
+        seed=3,
+        stream=True,
+        response_format={"type": "json_object"},
+    )
+    chunks = validate_sse_stream(response.content)
+    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks)
+    assert isinstance(json.loads(text), dict)
+
+
+def test_a_response_format_that_cannot_be_followed_is_400(student: Student) -> None:
+    bad = {"type": "json_schema", "json_schema": {"name": "x", "schema": {"$ref": "#/nowhere"}}}
+    for stream in (False, True):
+        response = student.chat(model=BASE, max_tokens=2, stream=stream, response_format=bad)
+        assert_vllm_error(response, 400, "BadRequestError", "#/nowhere")

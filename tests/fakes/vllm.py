@@ -7,7 +7,10 @@ and ``api_server.py``): ``POST /v1/load_lora_adapter`` and ``/v1/unload_lora_ada
 (200 with a plain-text ``Success: ...`` line; ``{"error": {message, type, param, code}}``
 with the HTTP status as an integer ``code`` on 400/404), ``GET /v1/models`` (adapters with
 ``parent`` and ``root``), ``GET /health`` and ``POST /v1/chat/completions`` (``model`` is the
-base or an adapter; unknown: 404 ``The model `x` does not exist.``). An adapter path is
+base or an adapter; unknown: 404 ``The model `x` does not exist.``; a ``response_format``
+is read as vLLM's ``ResponseFormat``: a malformed one is a 400, and a ``json_object`` or
+``json_schema`` one is honoured as vLLM's structured outputs would: the canned text when
+it fits, else the schema's smallest document). An adapter path is
 loadable when it holds an ``adapter_config.json``, as vLLM's own check. Each adapter answers
 the canned text in ``answers`` (set by the test); ``requests`` records every call, and
 ``unknown_models`` the chat requests for a model it did not hold. :class:`RunningVllm`
@@ -47,6 +50,7 @@ from core.wire import (
     sse,
 )
 
+from fakes.structured_outputs import structured_answer
 from servers import ServerThread
 
 BASE_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -82,6 +86,8 @@ class FakeVllm:
         self.default_answer = "fake student answer"
         self.token_logprobs: dict[str, float] = {}  # model name: logprob of every token
         self.delay = 0.0  # seconds before each chat answer
+        # False: a server that ignores structured outputs (answers may then miss the format)
+        self.structured_outputs = True
         self.load_errors: dict[str, str] = {}  # path: message of a 400 when loading it
         self.requests: list[Call] = []
         self.unknown_models: list[str] = []  # asked to answer as a model it did not hold
@@ -168,6 +174,11 @@ class FakeVllm:
             self.unknown_models.append(str(model))
             return error(f"The model `{model}` does not exist.", "NotFoundError", 404)
         text = self.answers.get(model, self.default_answer)
+        if body.get("response_format") is not None and self.structured_outputs:
+            try:
+                text = structured_answer(body["response_format"], text)
+            except ValueError as exc:
+                return error(str(exc), "BadRequestError", 400)
         if self.delay:
             await asyncio.sleep(self.delay)
         if body.get("stream"):

@@ -177,6 +177,7 @@ def test_invalid_json_answer_is_escalated_to_the_teacher(
 ) -> None:
     proxy = routed_proxy()
     set_policy(proxy, mode="live", cutover_percent=100, audit_percent=0)
+    vllm.structured_outputs = False  # as a student server that does not hold it to JSON
     vllm.answers[ADAPTER] = '{"intent": "bill'
     response = ask(proxy, response_format={"type": "json_object"})
     assert response.headers["x-stillroom-served-by"] == "fallback"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -43,6 +44,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
         command, env=environment, capture_output=True, text=True, timeout=900, check=False
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    (directory / "stdout.txt").write_text(result.stdout)  # a pipe, as `make demo | tee`
     return directory
 
 
@@ -135,3 +137,18 @@ def test_the_report_files_show_the_figures(demo: Path) -> None:
     for name, value in rows:
         assert f"| {name} | {value} |" in text
     assert "![traffic share and cost over time](report.png)" in text
+
+
+def test_piped_output_shows_each_phase_and_steady_progress(demo: Path) -> None:
+    lines = (demo / "stdout.txt").read_text().splitlines()
+    stamped = [line for line in lines if line.startswith("[")]
+    shown = [line.split(" phase: ")[1] for line in stamped if " phase: " in line]
+    phases = [phase for _, phase in report(demo)["phases"]]
+    assert [p.split(":")[0] for p in shown if not p.startswith("training")] == [
+        p for p in phases if p != "training"
+    ]
+    assert any(p.startswith("training") for p in shown)
+    seconds = [float(line[1:].split(" s]")[0]) for line in stamped if " phase: " not in line]
+    gaps = [b - a for a, b in itertools.pairwise(seconds)]
+    assert max(gaps) < 15, "a progress line every few seconds, never minutes of silence"
+    assert "\x1b" not in "\n".join(lines)
