@@ -64,7 +64,8 @@ def serve(
         int | None, typer.Option(help="Port of the embedded student server [default: port+1].")
     ] = None,
 ) -> None:
-    """Run everything in one process on embedded defaults: proxy, distiller, student server."""
+    """Run everything on embedded defaults: proxy, student server, and the distiller in a
+    child process."""
     settings = _settings(config, host=host, port=port)
     from proxy.processes import servers
 
