@@ -7,9 +7,7 @@ the likeliest one. An input unlike every label's training inputs is declined (th
 answers it).
 
 Heads are read from the store (every replica can) and kept in a bounded LRU keyed by version
-id. Versions never change, so a new version is a new key: the policy refresh loads its head
-before the policy naming it takes effect, and requests switch from one head to the next
-atomically with the policy.
+id (:class:`router.stored_models.StoredModels`).
 """
 
 from __future__ import annotations
@@ -19,20 +17,18 @@ import gc
 import logging
 import math
 import time
-from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, col, select
 
 from core.classifier import Head, Prediction
 from core.embedding import Encoder
 from core.profile import prompt_chars, prompt_key
-from core.tables import StudentHead
 from core.wire import ChatCompletion, ChoiceLogprobs, TokenLogprob, TopLogprob, Usage
 from router.policy import Policy, StudentRef
+from router.stored_models import StoredModels
 from router.student import PromptEmbedding, StudentDeclined, StudentReply, StudentUnavailable
 
 log = logging.getLogger("stillroom.router")
@@ -46,11 +42,11 @@ class ClassifierStudent:
     def __init__(
         self, *, engine: Engine, encoder: Encoder, encoder_name: str, max_heads: int = 256
     ) -> None:
-        self.engine = engine
         self.encoder = encoder
         self.encoder_name = encoder_name
-        self.max_heads = max_heads
-        self._heads: OrderedDict[str, Head] = OrderedDict()
+        self._heads = StoredModels(
+            engine=engine, decode=self._decode, what="classifier head", max_models=max_heads
+        )
         self._warming: asyncio.Future[None] | None = None
 
     def embed(self, messages: list[dict[str, Any]]) -> PromptEmbedding:
@@ -96,16 +92,7 @@ class ClassifierStudent:
 
     async def head(self, version_id: str) -> Head:
         """The head of a version, from memory or else from the store."""
-        head = self._heads.get(version_id)
-        if head is None:
-            loaded = await asyncio.to_thread(self._load, [version_id])
-            head = loaded.get(version_id)
-            if head is None:
-                raise StudentUnavailable(f"no classifier head for version {version_id}")
-            self._keep(version_id, head)
-        else:
-            self._heads.move_to_end(version_id)
-        return head
+        return await self._heads.get(version_id)
 
     async def prepare(self, policies: dict[str, Policy]) -> None:
         """Load the heads of classifier versions that serve or shadow and are not in memory
@@ -116,24 +103,16 @@ class ClassifierStudent:
             for p in policies.values()
             if p.student is not None and p.student.kind == "classifier" and p.mode != "off"
         ]
-        missing = [version for version in wanted if version not in self._heads]
-        if not missing:
+        if all(version in self._heads for version in wanted):
             return
         if self._warming is None:
             self._warming = asyncio.get_running_loop().run_in_executor(None, self._warm)
-        try:
-            loaded = await asyncio.to_thread(self._load, missing)
-        except Exception as exc:  # the request path retries; the teacher answers meanwhile
-            log.warning("could not load classifier heads %s: %s", missing, exc)
-            return
-        for version_id in missing:
-            if version_id in loaded:
-                self._keep(version_id, loaded[version_id])
+        await self._heads.prepare(wanted)
 
     @property
     def loaded(self) -> list[str]:
         """Version ids of the heads in memory, least recently used first."""
-        return list(self._heads)
+        return self._heads.loaded
 
     def _warm(self) -> None:
         try:
@@ -146,32 +125,18 @@ class ClassifierStudent:
         gc.collect()
         gc.freeze()
 
-    def _keep(self, version_id: str, head: Head) -> None:
-        self._heads[version_id] = head
-        self._heads.move_to_end(version_id)
-        while len(self._heads) > self.max_heads:
-            self._heads.popitem(last=False)
-
-    def _load(self, version_ids: list[str]) -> dict[str, Head]:
-        with Session(self.engine) as session:
-            rows = session.exec(
-                select(StudentHead).where(col(StudentHead.version_id).in_(version_ids))
-            ).all()
-            stored = {row.version_id: row.data for row in rows}
-        heads = {}
-        for version_id, data in stored.items():
-            head = Head.from_bytes(data)
-            if head.encoder != self.encoder_name:
-                log.warning(
-                    "version %s's head was trained on %s embeddings; this proxy embeds with "
-                    "%s (set STILLROOM_EMBEDDING_MODEL alike): it will not serve",
-                    version_id,
-                    head.encoder,
-                    self.encoder_name,
-                )
-                continue
-            heads[version_id] = head
-        return heads
+    def _decode(self, version_id: str, data: bytes) -> Head | None:
+        head = Head.from_bytes(data)
+        if head.encoder != self.encoder_name:
+            log.warning(
+                "version %s's head was trained on %s embeddings; this proxy embeds with "
+                "%s (set STILLROOM_EMBEDDING_MODEL alike): it will not serve",
+                version_id,
+                head.encoder,
+                self.encoder_name,
+            )
+            return None
+        return head
 
 
 def completion(prediction: Prediction, payload: dict[str, Any]) -> dict[str, Any]:

@@ -7,8 +7,7 @@ the teacher's layout: as the message content, or as a call of the teacher's one 
 a worker thread, never on the event loop.
 
 Models are read from the store (every replica can) and kept in a small LRU keyed by
-version id; the policy refresh loads a newly published version's before the policy naming
-it takes effect, as for classifier heads.
+version id (:class:`router.stored_models.StoredModels`), as classifier heads are.
 """
 
 from __future__ import annotations
@@ -19,18 +18,16 @@ import math
 import threading
 import time
 import uuid
-from collections import OrderedDict
 from typing import Any
 
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, col, select
 
 from core.extractor import Extraction, Extractor, source_text
 from core.profile import prompt_chars
-from core.tables import StudentHead
 from core.wire import AssistantMessage, ChatCompletion, FunctionCall, ToolCall, Usage
 from router.policy import Policy, StudentRef
-from router.student import StudentReply, StudentUnavailable
+from router.stored_models import StoredModels
+from router.student import StudentReply
 
 log = logging.getLogger("stillroom.router")
 
@@ -43,11 +40,11 @@ class ExtractorStudent:
     def __init__(
         self, *, engine: Engine, encoder_path: str, encoder_name: str, max_models: int = 8
     ) -> None:
-        self.engine = engine
         self.encoder_path = encoder_path
         self.encoder_name = encoder_name
-        self.max_models = max_models
-        self._models: OrderedDict[str, Extractor] = OrderedDict()
+        self._models = StoredModels(
+            engine=engine, decode=self._decode, what="extractor", max_models=max_models
+        )
         self._lock = threading.Lock()  # one forward pass at a time per process
 
     async def answer(self, student: StudentRef, payload: dict[str, Any], **_: Any) -> StudentReply:
@@ -69,16 +66,7 @@ class ExtractorStudent:
 
     async def model(self, version_id: str) -> Extractor:
         """The model of a version, from memory or else from the store."""
-        model = self._models.get(version_id)
-        if model is None:
-            loaded = await asyncio.to_thread(self._load, [version_id])
-            model = loaded.get(version_id)
-            if model is None:
-                raise StudentUnavailable(f"no extractor for version {version_id}")
-            self._keep(version_id, model)
-        else:
-            self._models.move_to_end(version_id)
-        return model
+        return await self._models.get(version_id)
 
     async def prepare(self, policies: dict[str, Policy]) -> None:
         """Load the models of extractor versions that serve or shadow and are not in memory
@@ -88,48 +76,24 @@ class ExtractorStudent:
             for p in policies.values()
             if p.student is not None and p.student.kind == "extractor" and p.mode != "off"
         ]
-        missing = [version for version in wanted if version not in self._models]
-        if not missing:
-            return
-        try:
-            loaded = await asyncio.to_thread(self._load, missing)
-        except Exception as exc:  # the request path retries; the teacher answers meanwhile
-            log.warning("could not load extractors %s: %s", missing, exc)
-            return
-        for version_id in missing:
-            if version_id in loaded:
-                self._keep(version_id, loaded[version_id])
+        await self._models.prepare(wanted)
 
     @property
     def loaded(self) -> list[str]:
-        return list(self._models)
+        return self._models.loaded
 
-    def _keep(self, version_id: str, model: Extractor) -> None:
-        self._models[version_id] = model
-        self._models.move_to_end(version_id)
-        while len(self._models) > self.max_models:
-            self._models.popitem(last=False)
-
-    def _load(self, version_ids: list[str]) -> dict[str, Extractor]:
-        with Session(self.engine) as session:
-            rows = session.exec(
-                select(StudentHead).where(col(StudentHead.version_id).in_(version_ids))
-            ).all()
-            stored = {row.version_id: row.data for row in rows}
-        models = {}
-        for version_id, data in stored.items():
-            meta = Extractor.read_meta(data)
-            if meta["encoder"] != self.encoder_name:
-                log.warning(
-                    "version %s's extractor was fine-tuned from %s; this proxy has %s (set "
-                    "STILLROOM_EMBEDDING_MODEL alike): it will not serve",
-                    version_id,
-                    meta["encoder"],
-                    self.encoder_name,
-                )
-                continue
-            models[version_id] = Extractor.from_bytes(data, encoder_path=self.encoder_path)
-        return models
+    def _decode(self, version_id: str, data: bytes) -> Extractor | None:
+        meta = Extractor.read_meta(data)
+        if meta["encoder"] != self.encoder_name:
+            log.warning(
+                "version %s's extractor was fine-tuned from %s; this proxy has %s (set "
+                "STILLROOM_EMBEDDING_MODEL alike): it will not serve",
+                version_id,
+                meta["encoder"],
+                self.encoder_name,
+            )
+            return None
+        return Extractor.from_bytes(data, encoder_path=self.encoder_path)
 
 
 def completion(extraction: Extraction, model: Extractor, payload: dict[str, Any]) -> dict[str, Any]:
