@@ -69,6 +69,30 @@ class Stillroom:
 
         wait_until(seen)
 
+    def scored(self, kind: str, task: str = TASK) -> float:
+        """Student answers of ``kind`` (shadow, audit) the proxy has scored so far."""
+        text = httpx.get(self.proxy.url + "/metrics").text
+        return sum(
+            sample.value
+            for family in text_string_to_metric_families(text)
+            if family.name == "stillroom_scored_pairs"
+            for sample in family.samples
+            if sample.name.endswith("_total")
+            and sample.labels.get("task") == task
+            and sample.labels.get("kind") == kind
+        )
+
+    def ask_until_scored(self, kind: str, count: int, offset: int, timeout: float = 120) -> None:
+        """Ask ``count`` requests, then more, until some are scored as ``kind`` (a student
+        server that is still busy after training may miss the first ones)."""
+        self.ask(count, offset=offset)
+        deadline = time.monotonic() + timeout
+        while not self.scored(kind):
+            assert time.monotonic() < deadline, f"no {kind} pair was scored"
+            offset += count
+            self.ask(10, offset=offset)
+            time.sleep(0.5)
+
     def admin(self, method: str, path: str, **options: Any) -> Any:
         response = httpx.request(method, self.proxy.url + path, timeout=30, **options)
         assert response.status_code < 400, response.text
@@ -145,7 +169,7 @@ def exercise(stillroom: Stillroom) -> None:
 
     stillroom.admin("PATCH", f"/admin/tasks/{TASK}", json={"mode": "shadow", "shadow_percent": 100})
     stillroom.wait_for_mode("shadow")
-    stillroom.ask(20, offset=200)
+    stillroom.ask_until_scored("shadow", 20, offset=200)
     stillroom.admin(
         "PATCH",
         f"/admin/tasks/{TASK}",
@@ -157,7 +181,7 @@ def exercise(stillroom: Stillroom) -> None:
         },
     )
     stillroom.wait_for_mode("live")
-    stillroom.ask(40, offset=300)
+    stillroom.ask_until_scored("audit", 40, offset=300)
 
 
 def substitute(expr: str) -> str:
