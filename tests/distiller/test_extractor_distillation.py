@@ -126,6 +126,9 @@ def test_an_extraction_task_is_distilled_served_rolled_back_and_stepped_down_on_
     second = retrained_copy(proxy, version["id"])
     admin(proxy, "POST", f"/admin/tasks/{TASK}/versions/v{second}/publish")
     assert admin(proxy, "GET", f"/admin/tasks/{TASK}")["active_version"]["number"] == second
+    # The proxy reads policies from the store every 0.2 s: wait for this one to take
+    # effect, or a refresh that read it could land after the rollback's.
+    wait_until(lambda: proxy.runtime.policies.get(TASK).student.number == second, timeout=30)
     rolled = admin(proxy, "POST", f"/admin/tasks/{TASK}/rollback")
     assert (rolled["number"], rolled["kind"]) == (1, "extractor")
     live(proxy)
