@@ -12,7 +12,11 @@ from sqlmodel import Field, SQLModel
 # JSON documents: JSONB on Postgres (indexable, compact), JSON text elsewhere.
 JSONDocument = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
 
-TASK_NAME_MAX = 64
+TASK_NAME_MAX = 64  # a task's name as the client gives it (X-Stillroom-Task)
+TENANT_MAX = 32
+# A task's key in the store: its name, and "@tenant" for any tenant but the default one.
+TASK_KEY_MAX = 128  # at least TASK_NAME_MAX + 1 + TENANT_MAX
+DEFAULT_TENANT = "default"
 
 # The API a request came on: Chat Completions, the Responses API or Anthropic's Messages.
 Dialect = Literal["chat", "responses", "messages"]
@@ -44,7 +48,7 @@ class Task(SQLModel, table=True):
 
     __tablename__ = "tasks"
 
-    name: str = Field(primary_key=True, max_length=TASK_NAME_MAX)
+    name: str = Field(primary_key=True, max_length=TASK_KEY_MAX)
     created_at: datetime = Field(
         default_factory=utcnow,
         sa_type=sa.DateTime(timezone=True),
@@ -100,13 +104,26 @@ class Task(SQLModel, table=True):
     controlled_version_id: str | None = Field(
         default=None, max_length=32, description="the version controlled_threshold is for"
     )
+    tenant: str = Field(
+        default=DEFAULT_TENANT,
+        index=True,
+        max_length=TENANT_MAX,
+        sa_column_kwargs={"server_default": DEFAULT_TENANT},
+        description="whose task it is: every tenant's tasks, exchanges and students are apart",
+    )
+    retention_days: float | None = Field(
+        default=None, description="overrides STILLROOM_RETENTION_DAYS for this task's exchanges"
+    )
+    cache_seconds: float | None = Field(
+        default=None, description="overrides STILLROOM_CACHE_SECONDS for this task"
+    )
 
 
 class ExchangeBase(SQLModel):
     """One request and its answer, with who served it and what it cost."""
 
     id: str = Field(primary_key=True, max_length=32)
-    task: str = Field(index=True, max_length=TASK_NAME_MAX)
+    task: str = Field(index=True, max_length=TASK_KEY_MAX)
     created_at: datetime = Field(
         default_factory=utcnow,
         index=True,
@@ -161,11 +178,52 @@ class ExchangeBase(SQLModel):
     cost_usd: float | None = None
     latency_ms: float
     first_chunk_ms: float | None = None
+    tenant: str = Field(
+        default=DEFAULT_TENANT,
+        max_length=TENANT_MAX,
+        sa_column_kwargs={"server_default": DEFAULT_TENANT},
+        description="the tenant of the exchange's task",
+    )
+    client_key_hash: str | None = Field(
+        default=None,
+        max_length=64,
+        description="sha256 of the API key the client presented (never the key itself)",
+    )
+    end_user: str | None = Field(
+        default=None,
+        index=True,
+        max_length=256,
+        description="whose request it was: its `user` field (or metadata.user_id), else "
+        "its route key; what DELETE /admin/exchanges?user= finds",
+    )
+    request_hash: str | None = Field(
+        default=None,
+        max_length=64,
+        description="sha256 of the canonical request (the cache's key, import's dedup key)",
+    )
+    feedback: str | None = Field(
+        default=None, max_length=16, description="good or bad, as the app said"
+    )
+    corrected_response: dict[str, Any] | None = Field(
+        default=None,
+        sa_type=JSONDocument,
+        description="the answer the app says was right (a chat.completion): trains in place "
+        "of response",
+    )
+    feedback_at: datetime | None = Field(default=None, sa_type=sa.DateTime(timezone=True))
+    suspect: str | None = Field(
+        default=None,
+        max_length=16,
+        description="retry or reask: the client asked again, so the answer is left out of training",
+    )
 
 
 class Exchange(ExchangeBase, table=True):
     __tablename__ = "exchanges"
-    __table_args__ = (sa.Index("ix_exchanges_task_created", "task", "created_at"),)
+    __table_args__ = (
+        sa.Index("ix_exchanges_task_created", "task", "created_at"),
+        sa.Index("ix_exchanges_task_request_hash", "task", "request_hash"),
+    )
 
 
 class ExchangeCreate(ExchangeBase):
@@ -188,7 +246,7 @@ class StudentVersion(SQLModel, table=True):
     __table_args__ = (sa.UniqueConstraint("task", "number"),)
 
     id: str = Field(primary_key=True, max_length=32)
-    task: str = Field(index=True, max_length=TASK_NAME_MAX)
+    task: str = Field(index=True, max_length=TASK_KEY_MAX)
     number: int = Field(description="1, 2, ... per task")
     kind: str = Field(default="lora", max_length=16, description="lora or classifier")
     state: str = Field(default="candidate", max_length=16)
@@ -237,7 +295,7 @@ class TrainingRun(SQLModel, table=True):
     __tablename__ = "training_runs"
 
     id: str = Field(primary_key=True, max_length=32)
-    task: str = Field(index=True, max_length=TASK_NAME_MAX)
+    task: str = Field(index=True, max_length=TASK_KEY_MAX)
     state: str = Field(
         default="queued", max_length=16, description="queued, running, succeeded, failed"
     )
@@ -269,7 +327,7 @@ class ShadowResult(SQLModel, table=True):
     __table_args__ = (sa.Index("ix_shadow_results_task_created", "task", "created_at"),)
 
     id: str = Field(primary_key=True, max_length=32)
-    task: str = Field(max_length=TASK_NAME_MAX)
+    task: str = Field(max_length=TASK_KEY_MAX)
     version_id: str = Field(max_length=32)
     kind: str = Field(max_length=16, description="shadow or audit")
     exchange_id: str | None = Field(default=None, max_length=32)
@@ -291,7 +349,7 @@ class DriftReport(SQLModel, table=True):
     __tablename__ = "drift_reports"
 
     id: str = Field(primary_key=True, max_length=32)
-    task: str = Field(index=True, max_length=TASK_NAME_MAX)
+    task: str = Field(index=True, max_length=TASK_KEY_MAX)
     version_id: str = Field(max_length=32)
     input_drift: float | None = Field(
         default=None,
@@ -315,7 +373,7 @@ class TaskTransition(SQLModel, table=True):
     __table_args__ = (sa.Index("ix_task_transitions_task_created", "task", "created_at"),)
 
     id: str = Field(primary_key=True, max_length=32)
-    task: str = Field(max_length=TASK_NAME_MAX)
+    task: str = Field(max_length=TASK_KEY_MAX)
     from_mode: str = Field(max_length=16)
     to_mode: str = Field(max_length=16)
     from_cutover_percent: float
@@ -339,7 +397,7 @@ class ThresholdMove(SQLModel, table=True):
     __table_args__ = (sa.Index("ix_threshold_moves_task_created", "task", "created_at"),)
 
     id: str = Field(primary_key=True, max_length=32)
-    task: str = Field(max_length=TASK_NAME_MAX)
+    task: str = Field(max_length=TASK_KEY_MAX)
     version_id: str = Field(max_length=32)
     direction: str = Field(max_length=16, description="loosen or tighten")
     from_threshold: float
