@@ -19,6 +19,7 @@ from core.tasks import TASK_HEADER, identify_task
 from core.wire import ChatCompletionRequest
 from proxy.gateway.body import parse_chat_request, parse_json_object, read_body
 from proxy.gateway.cancellation import cancelled_on_disconnect
+from proxy.gateway.deps import presented_key_hash
 from proxy.gateway.headers import RawHeaders, teacher_request_headers
 from proxy.gateway.recording import ExchangeRecorder
 from proxy.gateway.routing import (
@@ -30,6 +31,7 @@ from proxy.gateway.routing import (
 )
 from proxy.gateway.runtime import Runtime
 from proxy.gateway.teacher_call import call_teacher, relayed
+from router.bucketing import ROUTE_KEY_HEADER
 from router.route import Outcome
 
 
@@ -53,6 +55,8 @@ async def _answer(request: Request, runtime: Runtime, body: bytes, started: floa
         payload=payload,
         stream=bool(chat.stream),
         started=started,
+        client_key_hash=presented_key_hash(request.headers),
+        route_key=request.headers.get(ROUTE_KEY_HEADER),
     )
     # The teacher gets the body decoded (read_body undid any content-encoding), never the
     # client's compressed bytes: the proxy may rewrite it (stream_options below), audits

@@ -9,6 +9,7 @@ from fastapi import Depends, Request
 from starlette.datastructures import Headers
 
 from core.errors import AuthenticationError
+from core.tenants import key_hash
 from proxy.gateway.runtime import Runtime
 
 
@@ -27,6 +28,12 @@ def presented_key(headers: Headers, *, anthropic: bool = False) -> str:
     if scheme.lower() == "bearer":
         return token.strip()
     return headers.get("x-api-key" if anthropic else "api-key", "").strip()
+
+
+def presented_key_hash(headers: Headers, *, anthropic: bool = False) -> str | None:
+    """The SHA-256 of the key a request presents (``core.tenants.key_hash``), or None."""
+    key = presented_key(headers, anthropic=anthropic)
+    return key_hash(key) if key else None
 
 
 def require_client_key(request: Request, runtime: RuntimeDep, *, anthropic: bool = False) -> None:

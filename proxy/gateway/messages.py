@@ -25,6 +25,7 @@ from core.tasks import TASK_HEADER, identify_task
 from core.wire import ChatCompletionRequest
 from proxy.gateway.body import parse_chat_request, parse_json_object, read_body
 from proxy.gateway.cancellation import cancelled_on_disconnect
+from proxy.gateway.deps import presented_key_hash
 from proxy.gateway.headers import teacher_request_headers
 from proxy.gateway.recording import ExchangeRecorder
 from proxy.gateway.routing import (
@@ -43,6 +44,7 @@ from proxy.gateway.teacher_dialects import (
     NamedEventAssembler,
     TeacherDialect,
 )
+from router.bucketing import ROUTE_KEY_HEADER
 from router.reasons import as_teacher_only
 from router.student import StudentReply
 
@@ -114,6 +116,8 @@ async def _answer(request: Request, runtime: Runtime, raw: bytes, started: float
         payload=view,
         stream=client_body.get("stream") is True,
         started=started,
+        client_key_hash=presented_key_hash(request.headers, anthropic=True),
+        route_key=request.headers.get(ROUTE_KEY_HEADER),
         dialect="messages",
         client_request=client_body,
     )

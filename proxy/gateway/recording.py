@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from core.metrics import Metrics
+from core.request_identity import end_user, request_hash
 from core.settings import Settings
 from core.tables import Dialect, ExchangeCreate
 from core.tasks import TaskRef
@@ -49,6 +50,8 @@ class ExchangeRecorder:
     origin: Origin = "client"
     dialect: Dialect = "chat"
     client_request: dict[str, Any] | None = None
+    client_key_hash: str | None = None  # of the key the client presented (core.tenants)
+    route_key: str | None = None  # its X-Stillroom-Route-Key
     started: float = field(default_factory=time.perf_counter)
     created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     recorded: bool = False
@@ -112,6 +115,10 @@ class ExchangeRecorder:
                 client_request=self.client_request,
                 client_response=client_response,
                 response_id=response_id,
+                tenant=self.task.tenant,
+                client_key_hash=self.client_key_hash,
+                end_user=end_user(self.payload, self.route_key),
+                request_hash=request_hash(self.payload),
                 finish_reason=choices[0].get("finish_reason") if choices else None,
                 prompt_tokens=usage.get("prompt_tokens"),
                 completion_tokens=usage.get("completion_tokens"),

@@ -27,6 +27,7 @@ from core.wire import ChatCompletionRequest, ErrorBody
 from core.wire.responses import ResponseErrorEvent, named_sse
 from proxy.gateway.body import parse_chat_request, parse_json_object, read_body
 from proxy.gateway.cancellation import cancelled_on_disconnect
+from proxy.gateway.deps import presented_key_hash
 from proxy.gateway.headers import teacher_request_headers
 from proxy.gateway.recording import ExchangeRecorder
 from proxy.gateway.response_chain import Conversation, resolve
@@ -46,6 +47,7 @@ from proxy.gateway.teacher_dialects import (
     NamedEventAssembler,
     TeacherDialect,
 )
+from router.bucketing import ROUTE_KEY_HEADER
 from router.reasons import TeacherOnly, as_teacher_only
 from router.student import StudentReply
 
@@ -105,6 +107,8 @@ async def _answer(request: Request, runtime: Runtime, raw: bytes, started: float
         payload=conversation.view,
         stream=client_body.get("stream") is True,
         started=started,
+        client_key_hash=presented_key_hash(request.headers),
+        route_key=request.headers.get(ROUTE_KEY_HEADER),
         dialect="responses",
         client_request=client_body,
     )

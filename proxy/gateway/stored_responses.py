@@ -21,7 +21,6 @@ interval, as long as another replica may take to write it, before it counts as a
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import hmac
 import re
 import time
@@ -33,7 +32,7 @@ from sqlmodel import Session, col, select
 from starlette.datastructures import Headers
 
 from core.tables import Exchange
-from proxy.gateway.deps import presented_key
+from proxy.gateway.deps import presented_key_hash
 from proxy.gateway.runtime import Runtime
 
 OWNER_FIELD = "_stillroom_owner"
@@ -56,8 +55,7 @@ def is_student_response_id(response_id: str) -> bool:
 
 def key_owner(headers: Headers) -> str | None:
     """Who presents this request's key: its SHA-256 (hex), or None without a key."""
-    key = presented_key(headers)
-    return hashlib.sha256(key.encode()).hexdigest() if key else None
+    return presented_key_hash(headers)
 
 
 def owned(document: dict[str, Any], owner: str | None) -> dict[str, Any]:
