@@ -201,6 +201,9 @@ class ExchangeBase(SQLModel):
         max_length=64,
         description="sha256 of the canonical request (the cache's key, import's dedup key)",
     )
+    version_id: str | None = Field(
+        default=None, max_length=32, description="the student version that answered, if one did"
+    )
     feedback: str | None = Field(
         default=None, max_length=16, description="good or bad, as the app said"
     )

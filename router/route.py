@@ -69,6 +69,7 @@ class Outcome:
     reason: RoutingReason  # "student", or why the teacher answers
     reply: StudentReply | None = None  # the answer to serve, when the student serves
     student_version: str | None = None  # "v3", when the student serves
+    student_version_id: str | None = None  # its id
     shadow: ShadowScoring | None = None
     audit: AuditScoring | None = None
 
@@ -235,6 +236,7 @@ class Router:
             "student",
             reply=reply,
             student_version=f"v{student.number}",
+            student_version_id=student.version_id,
             audit=audit,
         )
 

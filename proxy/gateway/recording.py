@@ -68,6 +68,7 @@ class ExchangeRecorder:
         first_chunk_seconds: float | None = None,
         client_response: dict[str, Any] | None = None,
         response_id: str | None = None,
+        version_id: str | None = None,
     ) -> None:
         """Count the exchange in the metrics and queue it for the store (once: later calls
         do nothing).
@@ -77,7 +78,8 @@ class ExchangeRecorder:
         ``upstream_seconds``: time spent waiting on the teacher or the student, which is
         not the proxy's overhead. For another dialect than chat, ``response`` is the
         answer's chat.completion view, ``client_response`` the answer as the client got it
-        and ``response_id`` the id the client saw.
+        and ``response_id`` the id the client saw. ``version_id``: the student version
+        that answered, if one did.
         """
         if self.recorded:
             return
@@ -119,6 +121,7 @@ class ExchangeRecorder:
                 client_key_hash=self.client_key_hash,
                 end_user=end_user(self.payload, self.route_key),
                 request_hash=request_hash(self.payload),
+                version_id=version_id,
                 finish_reason=choices[0].get("finish_reason") if choices else None,
                 prompt_tokens=usage.get("prompt_tokens"),
                 completion_tokens=usage.get("completion_tokens"),

@@ -230,6 +230,7 @@ def student_response(
         http_status=200,
         response=completion,
         upstream_seconds=reply.seconds,  # the student's time is not the proxy's overhead
+        version_id=outcome.student_version_id,
     )
     if not chat.stream:
         response = Response(orjson.dumps(completion), media_type="application/json")
@@ -263,6 +264,7 @@ def written_response(
         http_status=200,
         response=written.completion,
         upstream_seconds=reply.seconds,  # the student's time is not the proxy's overhead
+        version_id=outcome.student_version_id,
         client_response=written.stored if written.stored is not None else written.document,
         response_id=written.response_id,
     )

@@ -9,7 +9,8 @@ Tasks may override retention (``retention_days``) and the cache (``cache_seconds
 Exchanges gain: ``tenant``; ``client_key_hash`` (sha256 of the key the client presented,
 never the key); ``end_user`` (the request's ``user``, else its route key: what deletion on
 request finds); ``request_hash`` (the canonical request's sha256: the cache's key and the
-import's dedup key, indexed with the task); the app's ``feedback`` (good or bad), its
+import's dedup key, indexed with the task); ``version_id`` (the student version that
+answered, if one did); the app's ``feedback`` (good or bad), its
 ``corrected_response`` and ``feedback_at``; ``suspect`` (retry or reask: the client asked
 again, so the answer does not train). Existing rows keep every value; the new columns are
 null, or ``default`` for the tenant.
@@ -68,6 +69,7 @@ def upgrade() -> None:
         batch.add_column(sa.Column("client_key_hash", sa.String(length=64), nullable=True))
         batch.add_column(sa.Column("end_user", sa.String(length=256), nullable=True))
         batch.add_column(sa.Column("request_hash", sa.String(length=64), nullable=True))
+        batch.add_column(sa.Column("version_id", sa.String(length=32), nullable=True))
         batch.add_column(sa.Column("feedback", sa.String(length=16), nullable=True))
         batch.add_column(sa.Column("corrected_response", JSON_DOCUMENT, nullable=True))
         batch.add_column(sa.Column("feedback_at", sa.DateTime(timezone=True), nullable=True))
@@ -85,6 +87,7 @@ def downgrade() -> None:
             "feedback_at",
             "corrected_response",
             "feedback",
+            "version_id",
             "request_hash",
             "end_user",
             "client_key_hash",
