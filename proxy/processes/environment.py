@@ -14,7 +14,7 @@ def settings_environment(settings: Settings) -> dict[str, str]:
         if value is None:
             continue
         env[f"STILLROOM_{name.upper()}"] = value if isinstance(value, str) else json.dumps(value)
-    for secret in ("teacher_api_key", "admin_token"):
+    for secret in ("teacher_api_key", "anthropic_api_key", "admin_token"):
         value = getattr(settings, secret)
         if value is not None:
             env[f"STILLROOM_{secret.upper()}"] = value.get_secret_value()
