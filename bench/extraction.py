@@ -163,6 +163,7 @@ def served_through_proxy(candidate: Candidate, limit: int) -> dict[str, Any]:
         "STILLROOM_DATA_DIR": str(work / "data"),
         "STILLROOM_TEACHER_URL": f"http://127.0.0.1:{teacher_port}/v1",
         "STILLROOM_LOG_LEVEL": "warning",
+        "STILLROOM_TENANCY": "single",  # one team: the task published below is its own
     }
     proxy = subprocess.Popen(
         [STILLROOM, "proxy", "--port", str(proxy_port)],

@@ -25,10 +25,13 @@ from prometheus_client.registry import Collector
 
 log = logging.getLogger("stillroom.metrics")
 
-SERVED_BY = ("teacher", "student", "fallback")
+SERVED_BY = ("teacher", "student", "fallback", "cache")
 TRAINING_OUTCOMES = ("published", "rejected", "failed")
 STUDENT_KINDS = ("lora", "classifier", "extractor")
 SCORING_KINDS = ("shadow", "audit")
+FEEDBACK_RATINGS = ("good", "bad")
+SUSPICIONS = ("retry", "reask")  # why an answer is suspect (exchanges.suspect)
+DELETION_REASONS = ("retention", "request")
 MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # What the distiller's work moves (training, publishing, drift checks, the threshold
 # controller): in ``stillroom serve`` it runs in a child process that writes these.
@@ -44,6 +47,10 @@ DISTILLER_FAMILIES = frozenset(
         "stillroom_realised_agreement",
     }
 )
+
+# Counters both processes of ``stillroom serve`` move (the distiller's retention and the
+# proxy's deletions on request): ``/metrics`` adds the child's values to this process's.
+SHARED_FAMILIES = frozenset({"stillroom_exchanges_deleted"})
 
 _LATENCY_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 _OVERHEAD_BUCKETS = (0.0002, 0.0005, 0.001, 0.0015, 0.002, 0.003, 0.005, 0.01, 0.025, 0.1)
@@ -134,6 +141,13 @@ class Metrics:
             "the store is not at this build's revision); their exchanges were spilled, not lost.",
             registry=r,
         )
+        self.exchanges_deleted = Counter(
+            "stillroom_exchanges_deleted",
+            "Exchanges deleted from the store, by reason: retention (older than the task's "
+            "retention) or request (DELETE /admin/exchanges, `stillroom forget`).",
+            ["reason"],
+            registry=r,
+        )
         self.store_up = Gauge(
             "stillroom_store_up",
             "1 when the last write to the store succeeded, 0 while it is unreachable.",
@@ -184,11 +198,32 @@ class Metrics:
             ["task"],
             registry=r,
         )
+        self.cache_savings_usd = Counter(
+            "stillroom_cache_savings_usd",
+            "What the teacher would have cost for the requests answered from the cache (which "
+            "cost nothing): the cache's savings, apart from the student's.",
+            ["task"],
+            registry=r,
+        )
         self.audit_cost_usd = Counter(
             "stillroom_audit_cost_usd",
             "What the teacher calls auditing live student answers cost: real spend, but no "
             "client's request, so in none of the request metrics.",
             ["task"],
+            registry=r,
+        )
+        self.feedback = Counter(
+            "stillroom_feedback",
+            "Answers an app rated through POST /admin/exchanges/{id}/feedback, by rating "
+            "(good, bad) and who served them.",
+            ["task", "rating", "served_by"],
+            registry=r,
+        )
+        self.suspect_answers = Counter(
+            "stillroom_suspect_answers",
+            "Answers left out of training because their client asked again: retry (the same "
+            "request within seconds) or reask (the answer sent back with a complaint).",
+            ["task", "reason"],
             registry=r,
         )
         self.drift_score = Gauge(
@@ -279,6 +314,8 @@ class Metrics:
                 self.request_seconds.labels(served_by=served_by, stream=stream)
         for reason in ("unreachable", "timeout", "stream_cut"):
             self.teacher_failures.labels(reason=reason)
+        for reason in DELETION_REASONS:
+            self.exchanges_deleted.labels(reason=reason)
         for kind in SCORING_KINDS:
             self.scoring_dropped.labels(kind=kind)
             for side in ("student", "teacher"):
@@ -312,6 +349,23 @@ class Metrics:
         for kind in SCORING_KINDS:
             for agrees in ("true", "false"):
                 self.scored.labels(task=task, kind=kind, agrees=agrees)
+        self.prepare_feedback(task)
+
+    def prepare_feedback(self, task: str) -> None:
+        """Create a task's feedback and suspect-answer series at zero before their first
+        event (see ``prepare_student``)."""
+        for rating in FEEDBACK_RATINGS:
+            for served_by in SERVED_BY:
+                self.feedback.labels(task=task, rating=rating, served_by=served_by)
+        for reason in SUSPICIONS:
+            self.suspect_answers.labels(task=task, reason=reason)
+
+    def prepare_cache(self, task: str) -> None:
+        """Create the series a task's cache moves, at zero, once its cache is on (see
+        ``prepare_student``)."""
+        self.requests.labels(task=task, served_by="cache", status="ok")
+        self.cost_usd.labels(task=task, served_by="cache")
+        self.cache_savings_usd.labels(task=task)
 
     def include_distiller(self, directory: Path) -> None:
         """Serve the distiller's metrics (:data:`DISTILLER_FAMILIES`) from the child process
@@ -342,15 +396,34 @@ class _WithDistiller(Collector):
         self.directory = directory
 
     def collect(self) -> Iterable[Metric]:
+        child: dict[str, Metric] = {}
+        if self.directory.is_dir():
+            collector = MultiProcessCollector(None, path=str(self.directory))  # type: ignore[no-untyped-call]
+            child = {family.name: family for family in collector.collect()}  # type: ignore[no-untyped-call]
         for family in self.own.collect():
-            if family.name not in DISTILLER_FAMILIES:
+            if family.name in SHARED_FAMILIES and family.name in child:
+                yield _summed(family, child[family.name])
+            elif family.name not in DISTILLER_FAMILIES:
                 yield family
-        if not self.directory.is_dir():
-            return
-        child = MultiProcessCollector(None, path=str(self.directory))  # type: ignore[no-untyped-call]
-        for family in child.collect():  # type: ignore[no-untyped-call]
-            if family.name in DISTILLER_FAMILIES:
+        for name, family in child.items():
+            if name in DISTILLER_FAMILIES:
                 yield family
+
+
+def _summed(own: Metric, other: Metric) -> Metric:
+    """One family of two processes' counters: the values of each series added (its
+    ``_created`` time is this process's)."""
+    values: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+    for sample in own.samples:
+        values[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    for sample in other.samples:
+        key = (sample.name, tuple(sorted(sample.labels.items())))
+        if not sample.name.endswith("_created"):
+            values[key] = values.get(key, 0.0) + sample.value
+    merged = Metric(own.name, own.documentation, own.type, own.unit)
+    for (name, labels), value in values.items():
+        merged.add_sample(name, dict(labels), value)
+    return merged
 
 
 def multiprocess_directory() -> Path | None:

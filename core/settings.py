@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic import BaseModel, Field, PrivateAttr, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -21,6 +21,7 @@ from pydantic_settings import (
 )
 
 from core.errors import ConfigurationError
+from core.tenants import parse_tenant_keys, read_tenants_file, tenants_by_key_hash
 
 
 class ModelPrice(BaseModel):
@@ -67,6 +68,21 @@ DEFAULT_PRICES: dict[str, ModelPrice] = {
 
 
 StudentKind = Literal["lora", "classifier", "extractor"]
+# What instructor, pydantic-ai and people say when they send an answer back as wrong.
+REASK_PHRASES = (
+    "validation error",
+    "fix the error",
+    "recall the function",
+    "correct your",
+    "try again",
+    "not valid",
+    "invalid",
+    "incorrect",
+    "wrong",
+    "does not match",
+    "doesn't match",
+    "failed to parse",
+)
 STUDENT_KINDS: tuple[StudentKind, ...] = ("lora", "classifier", "extractor")
 
 
@@ -102,6 +118,22 @@ class Settings(BaseSettings):
     admin_token: SecretStr | None = Field(
         default=None,
         description="Bearer token for /admin/*. Unset: admin answers only on a loopback bind.",
+    )
+    tenancy: Literal["key", "single"] = Field(
+        default="key",
+        description="Whose traffic is whose: key (each client key, or the tenant named for "
+        "it, has its own tasks, students and cache; requests without a key are the default "
+        "tenant's) or single (one team: everyone is the default tenant).",
+    )
+    tenants: Annotated[dict[str, list[str]], NoDecode] = Field(
+        default_factory=dict,
+        description="Named tenants and their keys, e.g. acme=sk-a1,sk-a2;globex=sha256:HEX (a "
+        "key as itself, or sha256: and the hex of its SHA-256); only the hashes are kept.",
+    )
+    tenants_file: Path | None = Field(
+        default=None,
+        description="A TOML or JSON file of named tenants (tenant = [keys]), read at start, "
+        "in addition to STILLROOM_TENANTS.",
     )
     database_url: str = Field(
         default="sqlite:///./stillroom.db",
@@ -154,6 +186,12 @@ class Settings(BaseSettings):
         ge=1024,
         description="Largest chat completion request body accepted (413 above).",
     )
+    import_max_bytes: int = Field(
+        default=256 * 1024 * 1024,
+        ge=1024,
+        description="Largest JSONL file POST /admin/tasks/{task}/import (`stillroom import`) "
+        "accepts (413 above).",
+    )
     capture: bool = Field(default=True, description="Store every exchange.")
     capture_queue_size: int = Field(
         default=10_000,
@@ -168,6 +206,24 @@ class Settings(BaseSettings):
     )
     capture_retry_seconds: float = Field(
         default=2.0, gt=0, description="Wait between tries while the store is unreachable."
+    )
+    retry_window_seconds: float = Field(
+        default=10.0,
+        ge=0,
+        description="A client that sends the same request of a task again within this many "
+        "seconds of its answer makes that answer suspect (left out of training); 0: off.",
+    )
+    reask_window_seconds: float = Field(
+        default=600.0,
+        ge=0,
+        description="A client that sends a conversation again within this many seconds with "
+        "the earlier answer and a complaint appended (instructor's re-ask) makes that answer "
+        "suspect; 0: off.",
+    )
+    reask_phrases: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: list(REASK_PHRASES),
+        description="Comma-separated phrases (any case) of which a turn appended after the "
+        "earlier answer must hold one to be a complaint, not a conversation going on.",
     )
     stream_usage: bool = Field(
         default=True,
@@ -218,6 +274,27 @@ class Settings(BaseSettings):
     )
     scrub_pii: bool = Field(
         default=False, description="Replace emails, phone, card and IBAN numbers in training text."
+    )
+    scrub_pii_at_capture: bool = Field(
+        default=False,
+        description="Apply the same scrubber to the message texts of every request and "
+        "answer before the exchange is written: the store never holds what it finds.",
+    )
+    retention_days: float | None = Field(
+        default=None,
+        gt=0,
+        description="Days an exchange is kept; older ones are deleted in the background "
+        "(a live version's held-out exchanges excepted). Unset: kept forever. A task's "
+        "retention_days (PATCH /admin/tasks/{task}) overrides it.",
+    )
+    retention_check_seconds: float = Field(
+        default=3600.0, gt=0, description="How often the distiller deletes expired exchanges."
+    )
+    retention_batch_size: int = Field(
+        default=500,
+        ge=1,
+        description="Exchanges deleted in one transaction, by retention and by DELETE "
+        "/admin/exchanges, so that a large deletion never holds a long lock.",
     )
     label_cap: int = Field(
         default=300, ge=1, description="Most training pairs per label for label-like tasks."
@@ -283,6 +360,14 @@ class Settings(BaseSettings):
         gt=0,
         description="How often each proxy re-reads routing policies from the store.",
     )
+    cache_seconds: float = Field(
+        default=0.0,
+        ge=0,
+        allow_inf_nan=False,
+        description="How long a teacher answer may answer an identical deterministic request "
+        "(temperature 0 or a seed) of the same task and client key again, from the store; 0: "
+        "no cache. A task's cache_seconds (PATCH /admin/tasks/{task}) overrides it.",
+    )
     difficulty_gate: bool = Field(
         default=True,
         description="Send inputs whose nearest known neighbours the student got "
@@ -331,6 +416,9 @@ class Settings(BaseSettings):
         default="info", description="Log level."
     )
 
+    # Each named key's SHA-256 (hex) and its tenant: STILLROOM_TENANTS and the file's.
+    _key_tenants: dict[str, str] = PrivateAttr(default_factory=dict)
+
     @field_validator("api_keys", mode="before")
     @classmethod
     def _split_keys(cls, value: Any) -> Any:
@@ -338,7 +426,19 @@ class Settings(BaseSettings):
             return [key.strip() for key in value.split(",") if key.strip()]
         return value
 
-    @field_validator("student_kinds", "student_urls", mode="before")
+    @field_validator("tenants", mode="before")
+    @classmethod
+    def _parse_tenants(cls, value: Any) -> Any:
+        return parse_tenant_keys(value)
+
+    @model_validator(mode="after")
+    def _name_key_tenants(self) -> Settings:
+        """Read the tenants file once, here: a bad one stops start-up, not a request."""
+        from_file = read_tenants_file(self.tenants_file) if self.tenants_file else {}
+        self._key_tenants = tenants_by_key_hash(self.tenants, from_file)
+        return self
+
+    @field_validator("student_kinds", "student_urls", "reask_phrases", mode="before")
     @classmethod
     def _split_list(cls, value: Any) -> Any:
         if isinstance(value, str):
@@ -392,6 +492,12 @@ class Settings(BaseSettings):
         return self.prices[max(prefixes, key=len)] if prefixes else None
 
     @property
+    def key_tenants(self) -> dict[str, str]:
+        """The tenant named for each key (by its SHA-256 hex) in STILLROOM_TENANTS and
+        STILLROOM_TENANTS_FILE."""
+        return self._key_tenants
+
+    @property
     def is_loopback(self) -> bool:
         return self.host in {"127.0.0.1", "::1", "localhost"}
 
@@ -442,7 +548,7 @@ def settings_reference() -> str:
             )
         elif isinstance(default, ModelPrice):
             shown = f"`{default.model_dump_json(exclude_none=True)}`"
-        elif default is None or default == []:
+        elif default is None or default == [] or default == {}:
             shown = "unset"
         else:
             shown = f"`{default}`"

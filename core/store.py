@@ -183,6 +183,7 @@ def insert_exchanges(*, engine: Engine, exchanges: Sequence[ExchangeCreate]) -> 
                 "name": exchange.task,
                 "created_at": exchange.created_at,
                 "derived": exchange.task_derived,
+                "tenant": exchange.tenant,
                 "teacher_model": exchange.model,
                 "mode": "off",
                 "cutover_percent": 0.0,

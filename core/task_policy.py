@@ -37,6 +37,9 @@ class TaskPolicy:
     controlled_threshold: float | None = None
     """The threshold controller's, for ``controlled_version_id`` only."""
     controlled_version_id: str | None = None
+    cache_seconds: float = 0.0
+    """How long a teacher answer answers identical deterministic requests again: the
+    task's own window, else ``STILLROOM_CACHE_SECONDS``; 0: no cache."""
 
     @property
     def overridden(self) -> bool:
@@ -71,4 +74,5 @@ def effective_policy(task: Task | None, settings: Settings) -> TaskPolicy:
         drift_agreement_floor=min(settings.drift_agreement_floor, target),
         controlled_threshold=row.controlled_threshold,
         controlled_version_id=row.controlled_version_id,
+        cache_seconds=settings.cache_seconds if row.cache_seconds is None else row.cache_seconds,
     )

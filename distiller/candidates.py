@@ -28,7 +28,7 @@ from distiller.classifier import ClassifierConfig, majority_answer, train_classi
 from distiller.curation import CuratedSet, Example
 from distiller.evaluation import Evaluation, StudentAnswer, evaluate
 from distiller.extractor import ExtractorConfig, train_extractor
-from distiller.inference import StudentModel
+from distiller.inference import ResponseFormatError, StudentModel
 from distiller.training import LoraTrainingConfig, TrainingExample, TrainingProgress, train_lora
 
 LATENCY_SAMPLES = 100  # held-out requests timed one by one for a classifier
@@ -88,8 +88,9 @@ def lora_candidate(
     on_progress: Callable[[TrainingProgress], None] | None = None,
     on_trained: Callable[[int], None] | None = None,
 ) -> Candidate:
-    """Fine-tune a LoRA adapter, then evaluate it (and the base model, the floor). It is
-    calibrated on the held-out split alone: out-of-fold predictions would take one more
+    """Fine-tune a LoRA adapter, then evaluate it (and the base model, the floor) answering
+    as it will serve: under each request's ``response_format``. It is calibrated on the
+    held-out split alone: out-of-fold predictions would take one more
     fine-tuning per fold (five folds: five times the training time)."""
     result = train_lora(
         base_model=base_model,
@@ -108,7 +109,17 @@ def lora_candidate(
     def answer(adapter: str | None) -> Callable[[Example], StudentAnswer]:
         def respond(example: Example) -> StudentAnswer:
             began = time.perf_counter()
-            generation = model.generate(example.messages, adapter=adapter, max_new_tokens=budget)
+            try:
+                generation = model.generate(
+                    example.messages,
+                    adapter=adapter,
+                    max_new_tokens=budget,
+                    response_format=example.response_format,
+                )
+            except ResponseFormatError:  # one the grammar cannot hold: judged unconstrained
+                generation = model.generate(
+                    example.messages, adapter=adapter, max_new_tokens=budget
+                )
             if adapter is not None:
                 latencies.append(time.perf_counter() - began)
             return StudentAnswer(generation.text, generation.mean_logprob)

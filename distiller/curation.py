@@ -9,7 +9,6 @@ is counted under the reason it was left out.
 from __future__ import annotations
 
 import json
-import re
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ import numpy as np
 
 from core.agreement import Shape, ShapeRules, detect_shape, normalise_label, parse_json_object
 from core.answer_layout import call_document
+from core.pii import scrub
 from core.profile import in_heldout, prompt_key
 from core.tables import Exchange
 from distiller.fields import FieldReading, FieldRules, read_fields
@@ -34,6 +34,8 @@ class Example:
     messages: list[dict[str, Any]]
     answer: str
     prompt_key: str  # normalised prompt text, for duplicates and the split
+    # The request's response_format: the student serves under it, so it is evaluated so.
+    response_format: dict[str, Any] | None = None
 
     @property
     def prompt_text(self) -> str:
@@ -77,12 +79,33 @@ class CuratedSet:
 
 
 def answer_of(exchange: Exchange) -> tuple[str | None, str]:
-    """The teacher's answer text, or None and the reason it is not a training answer."""
+    """The teacher's answer text, or None and the reason it is not a training answer.
+
+    An app's correction (``corrected_response``, by feedback) is the answer in place of
+    whatever served it. An answer rated bad is none, and so is one made suspect by its
+    client asking again (``suspect``), unless the app rated it good."""
+    if exchange.corrected_response is not None and exchange.status == "ok":
+        return completion_answer(exchange.corrected_response, exchange.request)
     if exchange.served_by == "student":
         return None, "student_answer"
+    if exchange.served_by == "cache":  # a teacher answer already stored: not a new pair
+        return None, "cache_answer"
     if exchange.status != "ok":
         return None, exchange.status  # error or aborted
-    choices = (exchange.response or {}).get("choices") or []
+    answer, reason = completion_answer(exchange.response or {}, exchange.request)
+    if answer is not None and exchange.feedback == "bad":
+        return None, "feedback_bad"
+    if answer is not None and exchange.suspect is not None and exchange.feedback != "good":
+        return None, f"suspect_{exchange.suspect}"
+    return answer, reason
+
+
+def completion_answer(
+    completion: dict[str, Any], request: dict[str, Any]
+) -> tuple[str | None, str]:
+    """The answer text of a chat.completion to ``request``, or None and the reason it is
+    not a training answer."""
+    choices = completion.get("choices") or []
     if not choices:
         return None, "no_answer"
     choice = choices[0]
@@ -98,25 +121,10 @@ def answer_of(exchange: Exchange) -> tuple[str | None, str]:
     content = message.get("content")
     if not content or not str(content).strip():
         return None, "no_answer"
-    fmt = (exchange.request.get("response_format") or {}).get("type")
+    fmt = (request.get("response_format") or {}).get("type")
     if fmt in ("json_object", "json_schema") and parse_json_object(content) is None:
         return None, "invalid_json"
     return str(content), "ok"
-
-
-_PII = [
-    ("<EMAIL>", re.compile(r"[\w.+-]+@[\w-]+\.[\w.-]+")),
-    ("<IBAN>", re.compile(r"\b[A-Z]{2}\d{2}(?:[ ]?[A-Z0-9]{4}){2,7}(?:[ ]?[A-Z0-9]{1,4})?\b")),
-    ("<CARD>", re.compile(r"\b(?:\d[ -]?){12,18}\d\b")),
-    ("<PHONE>", re.compile(r"(?<!\w)\+?\d[\d ().-]{7,}\d\b")),
-]
-
-
-def scrub(text: str) -> str:
-    """Replace emails, IBANs, card and phone numbers with placeholders."""
-    for placeholder, pattern in _PII:
-        text = pattern.sub(placeholder, text)
-    return text
 
 
 def _scrubbed(example: Example) -> Example:
@@ -129,6 +137,7 @@ def _scrubbed(example: Example) -> Example:
         messages=messages,
         answer=scrub(example.answer),
         prompt_key=example.prompt_key,
+        response_format=example.response_format,
     )
 
 
@@ -144,7 +153,9 @@ def curate(
     seen: set[str] = set()
     examples: list[Example] = []
     json_requested = False
-    for exchange in exchanges:
+    # Corrected exchanges first: of a prompt asked more than once, the corrected answer
+    # is the one kept (the sort is stable: oldest first otherwise).
+    for exchange in sorted(exchanges, key=lambda e: e.corrected_response is None):
         answer, reason = answer_of(exchange)
         if answer is None:
             excluded[reason] += 1
@@ -155,9 +166,10 @@ def curate(
             excluded["duplicate"] += 1
             continue
         seen.add(key)
-        fmt = (exchange.request.get("response_format") or {}).get("type")
+        response_format = exchange.request.get("response_format") or None
+        fmt = (response_format or {}).get("type")
         json_requested = json_requested or fmt in ("json_object", "json_schema")
-        examples.append(Example(exchange.id, messages, answer, key))
+        examples.append(Example(exchange.id, messages, answer, key, response_format))
     if embed is not None and config.near_duplicate_threshold is not None:
         examples = _without_near_duplicates(examples, embed, config, excluded)
     shape = detect_shape(

@@ -36,6 +36,7 @@ from core.tables import (
     VersionState,
 )
 from core.task_policy import TaskPolicy
+from core.tenants import split_task_key
 from core.transitions import change_mode, lock_task
 from distiller.backends import StudentBackendError, StudentReplicas, SyncReport
 
@@ -120,7 +121,7 @@ async def publish(
         task = lock_task(session=session, name=version.task)
         assert row is not None
         if task is None:
-            task = Task(name=version.task)
+            task = Task(name=version.task, tenant=split_task_key(version.task)[1])
             session.add(task)
         previous = None
         if task.active_version_id and task.active_version_id != row.id:

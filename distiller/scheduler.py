@@ -13,6 +13,7 @@ then, a retraining is queued at once (trigger ``stale``), without waiting for th
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 from collections.abc import Iterator
@@ -23,6 +24,8 @@ import sqlalchemy as sa
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from sqlmodel import Session, col, func, select
 
+from core.deletion import Deletion
+from core.retention import delete_expired
 from core.store import queue_training
 from core.tables import Exchange, StudentVersion, TrainingRun
 from distiller import registry
@@ -33,6 +36,8 @@ log = logging.getLogger("stillroom.distiller")
 STALE_AFTER = timedelta(minutes=15)
 QUEUE_POLL_SECONDS = 2.0
 FRESH_SHARE = 0.8
+# Who served exchanges that are no new teacher answer: never pairs, never a reason to train.
+NOT_PAIRS = ("student", "cache")
 
 
 def task_lock_key(task: str) -> int:
@@ -50,7 +55,7 @@ class Distiller:
         self._scheduler: AsyncIOScheduler | None = None
 
     def start(self) -> None:
-        """Schedule both jobs on the running event loop."""
+        """Schedule the jobs (queueing, training, retention) on the running event loop."""
         scheduler = AsyncIOScheduler()
         scheduler.add_job(
             self.queue_due_tasks,
@@ -68,6 +73,14 @@ class Distiller:
             coalesce=True,
             id="run-queued",
         )
+        scheduler.add_job(
+            self.delete_expired,
+            "interval",
+            seconds=self.settings.retention_check_seconds,
+            max_instances=1,
+            coalesce=True,
+            id="retention",
+        )
         scheduler.start()
         self._scheduler = scheduler
 
@@ -84,7 +97,7 @@ class Distiller:
             counts = dict(
                 session.exec(
                     select(Exchange.task, func.count())
-                    .where(Exchange.status == "ok", Exchange.served_by != "student")
+                    .where(Exchange.status == "ok", col(Exchange.served_by).not_in(NOT_PAIRS))
                     .group_by(col(Exchange.task))
                 ).all()
             )
@@ -100,15 +113,33 @@ class Distiller:
                 ).first()
                 if last is not None and last.state in ("queued", "running"):
                     continue
-                seen = last.exchanges_seen if last is not None else 0
+                fresh = count if last is None else self._pairs_since(session, task, last, count)
                 needed = (
                     self.settings.distill_new_pairs
                     if has_version
                     else (self.settings.distill_first_pairs)
                 )
-                if count - seen >= needed:
+                if fresh >= needed:
                     due.append(task)
         return sorted(due)
+
+    @staticmethod
+    def _pairs_since(session: Session, task: str, last: TrainingRun, count: int) -> int:
+        """The task's pairs its last run did not see: beyond the count it saw, or stored
+        since it started, whichever is more (retention deletes old pairs, so the count
+        alone can stay below what the last run saw however many new ones arrive)."""
+        since = last.started_at or last.created_at
+        stored_since = session.exec(
+            select(func.count())
+            .select_from(Exchange)
+            .where(
+                Exchange.task == task,
+                Exchange.status == "ok",
+                col(Exchange.served_by).not_in(NOT_PAIRS),
+                col(Exchange.created_at) > since,
+            )
+        ).one()
+        return max(count - last.exchanges_seen, stored_since)
 
     async def queue_due_tasks(self) -> list[TrainingRun]:
         runs = []
@@ -116,6 +147,16 @@ class Distiller:
             runs.append(queue_training(engine=self.engine, task=task, trigger="schedule"))
             log.info("queued training of %s: enough new pairs", task)
         return runs
+
+    async def delete_expired(self) -> dict[str, Deletion]:
+        """Delete exchanges older than their task's retention (see ``core.retention``): here,
+        because one process does the background work, off the proxies' request paths."""
+        return await asyncio.to_thread(
+            delete_expired,
+            engine=self.engine,
+            settings=self.settings,
+            metrics=self.pipeline.metrics,
+        )
 
     async def run_queued(self) -> list[StudentVersion | None]:
         """Train every queued run this process can claim, oldest first."""
@@ -163,7 +204,7 @@ class Distiller:
                 .where(
                     Exchange.task == task,
                     Exchange.status == "ok",
-                    Exchange.served_by != "student",
+                    col(Exchange.served_by).not_in(NOT_PAIRS),
                 )
             ).one()
 

@@ -109,8 +109,12 @@ def overview() -> list[Row]:
             [
                 Panel(
                     "Saved",
-                    "The teacher's price of what the student served, minus the student's cost.",
-                    [(f"sum(increase(stillroom_savings_usd_total[{RANGE}]))", "saved")],
+                    "By the cache: the teacher's price of the answers it gave again; by the "
+                    "student: the teacher's price of what it served, minus its cost.",
+                    [
+                        (f"sum(increase(stillroom_cache_savings_usd_total[{RANGE}]))", "cache"),
+                        (f"sum(increase(stillroom_savings_usd_total[{RANGE}]))", "student"),
+                    ],
                     unit="currencyUSD",
                     kind="stat",
                     width=6,
@@ -149,20 +153,28 @@ def overview() -> list[Row]:
             [
                 Panel(
                     "Savings per hour",
-                    "Rate of savings by task, in USD per hour.",
+                    "Rate of savings by task and path (student, cache), in USD per hour.",
                     [
                         (
                             f"sum by (task) (rate(stillroom_savings_usd_total[{RATE}])) * 3600",
-                            "{{task}}",
-                        )
+                            "{{task}} student",
+                        ),
+                        (
+                            "sum by (task) "
+                            f"(rate(stillroom_cache_savings_usd_total[{RATE}])) * 3600",
+                            "{{task}} cache",
+                        ),
                     ],
                     unit="currencyUSD",
                     width=6,
                 ),
                 Panel(
                     "Savings since the proxies started",
-                    "Cumulative savings by task (each proxy counts from its start).",
-                    [("sum by (task) (stillroom_savings_usd_total)", "{{task}}")],
+                    "Cumulative savings by task and path (each proxy counts from its start).",
+                    [
+                        ("sum by (task) (stillroom_savings_usd_total)", "{{task}} student"),
+                        ("sum by (task) (stillroom_cache_savings_usd_total)", "{{task}} cache"),
+                    ],
                     unit="currencyUSD",
                     width=6,
                 ),
@@ -393,6 +405,21 @@ def overview() -> list[Row]:
                     ],
                     width=7,
                 ),
+                Panel(
+                    "Exchanges deleted",
+                    "Exchanges deleted from the store in the range, by reason: retention "
+                    "(older than their task's retention) or request (DELETE /admin/exchanges).",
+                    [
+                        (
+                            "sum by (reason) "
+                            f"(increase(stillroom_exchanges_deleted_total[{RANGE}]))",
+                            "{{reason}}",
+                        ),
+                    ],
+                    kind="stat",
+                    width=6,
+                    text_mode="value_and_name",
+                ),
             ],
         ),
         Row(
@@ -494,8 +521,17 @@ def task() -> list[Row]:
                 ),
                 Panel(
                     "Saved",
-                    "Savings on this task over the time range.",
-                    [(f"sum(increase(stillroom_savings_usd_total{{{TASK}}}[{RANGE}]))", "saved")],
+                    "Savings on this task over the time range, by the student and by the cache.",
+                    [
+                        (
+                            f"sum(increase(stillroom_savings_usd_total{{{TASK}}}[{RANGE}]))",
+                            "student",
+                        ),
+                        (
+                            f"sum(increase(stillroom_cache_savings_usd_total{{{TASK}}}[{RANGE}]))",
+                            "cache",
+                        ),
+                    ],
                     unit="currencyUSD",
                     kind="stat",
                     width=4,
@@ -596,6 +632,27 @@ def task() -> list[Row]:
                     ],
                     kind="stat",
                     width=6,
+                ),
+                Panel(
+                    "Feedback and suspect answers",
+                    "Over the time range: answers the app rated good or bad (POST "
+                    "/admin/exchanges/{id}/feedback), and answers its clients made suspect by "
+                    "asking again (retry, reask); bad and suspect ones never train.",
+                    [
+                        (
+                            "sum by (rating) "
+                            f"(increase(stillroom_feedback_total{{{TASK}}}[{RANGE}]))",
+                            "rated {{rating}}",
+                        ),
+                        (
+                            "sum by (reason) "
+                            f"(increase(stillroom_suspect_answers_total{{{TASK}}}[{RANGE}]))",
+                            "suspect: {{reason}}",
+                        ),
+                    ],
+                    kind="stat",
+                    width=6,
+                    text_mode="value_and_name",
                 ),
             ],
         ),
@@ -701,7 +758,8 @@ def task() -> list[Row]:
                 Panel(
                     "Cost and savings per hour",
                     "Cost of what was served and of the teacher calls auditing the student, "
-                    "the teacher's price of the student's answers, and the difference saved.",
+                    "the teacher's price of the student's answers, and the difference saved; "
+                    "and the teacher's price of the answers the cache gave again, saved.",
                     [
                         (
                             "sum by (served_by) "
@@ -719,7 +777,12 @@ def task() -> list[Row]:
                         ),
                         (
                             f"sum(rate(stillroom_savings_usd_total{{{TASK}}}[{RATE}])) * 3600",
-                            "saved",
+                            "saved by the student",
+                        ),
+                        (
+                            "sum(rate(stillroom_cache_savings_usd_total"
+                            f"{{{TASK}}}[{RATE}])) * 3600",
+                            "saved by the cache",
                         ),
                     ],
                     unit="currencyUSD",

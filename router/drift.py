@@ -4,7 +4,8 @@ on, the task steps down from live to shadow and a retraining is queued.
 - Input drift: the mean distance (1 - cosine, MiniLM) of the latest inputs to their nearest
   training input, over the same for the version's held-out inputs. 1.0 means recent traffic
   is as close to the training set as held-out traffic was.
-- Agreement drift: agreement of the latest shadow and audit pairs of the live version.
+- Agreement drift: agreement of the latest shadow and audit pairs of the live version,
+  with the answers apps rated bad (feedback: each counts as a failed audit).
 """
 
 from __future__ import annotations

@@ -15,17 +15,22 @@ def confident(confidence: float, threshold: float | None) -> bool:
     return threshold is not None and confidence >= threshold
 
 
+# Scored answers the student served: audits, and feedback (a bad rating, router.drift).
+SERVED_KINDS = frozenset({"audit", "feedback"})
+
+
 def served_agreement(
     results: list[tuple[str, bool, float | None]], threshold: float | None
 ) -> tuple[float | None, int]:
     """Agreement of the scored answers (kind, agrees, confidence) the student served or
-    would have served: every audit (a served answer), and the shadow answers at or above
-    ``threshold``. Shadow answers below it would have gone to the teacher, so they say
-    nothing about the quality of what the student serves. Returns (agreement, pairs)."""
+    would have served: every audit and every answer an app rated bad by feedback (served
+    answers), and the shadow answers at or above ``threshold``. Shadow answers below it
+    would have gone to the teacher, so they say nothing about the quality of what the
+    student serves. Returns (agreement, pairs)."""
     kept = [
         agrees
         for kind, agrees, confidence in results
-        if kind == "audit" or (confidence is not None and confident(confidence, threshold))
+        if kind in SERVED_KINDS or (confidence is not None and confident(confidence, threshold))
     ]
     return (sum(kept) / len(kept) if kept else None), len(kept)
 

@@ -45,6 +45,7 @@ class Policy:
     shadow_percent: float = 100.0
     audit_percent: float = 5.0
     student: StudentRef | None = None
+    cache_seconds: float = 0.0  # the task's effective cache window (core.task_policy); 0: off
 
     @property
     def routable(self) -> bool:
@@ -88,6 +89,7 @@ def load_policies(engine: Engine, settings: Settings) -> dict[str, Policy]:
             shadow_percent=effective.shadow_percent,
             audit_percent=effective.audit_percent,
             student=student,
+            cache_seconds=effective.cache_seconds,
         )
     return policies
 
@@ -118,7 +120,10 @@ class PolicyCache:
         self._refresher = Periodic("policy-refresh", ttl, self.refresh)
 
     def get(self, task: str) -> Policy:
-        return self._policies.get(task) or Policy(task=task)
+        """``task``'s policy; a task not read yet gets the settings' (its cache window)."""
+        return self._policies.get(task) or Policy(
+            task=task, cache_seconds=self.settings.cache_seconds
+        )
 
     async def refresh(self) -> None:
         policies = await asyncio.to_thread(load_policies, self.engine, self.settings)
@@ -154,3 +159,5 @@ def export_policies(
         metrics.task_active_version.labels(task=name).set(number)
         if policy.student is not None:
             metrics.prepare_student(name)
+        if policy.cache_seconds > 0:
+            metrics.prepare_cache(name)

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from typing import Any, Literal, cast, get_args
 
-ServedBy = Literal["teacher", "student", "fallback"]
+# cache: the teacher's earlier answer to the identical request, from the store.
+ServedBy = Literal["teacher", "student", "fallback", "cache"]
 
 # The teacher answers without the student being asked.
 Ineligible = Literal["n", "tools", "media", "response_format", "model", "too_long"]

@@ -340,7 +340,9 @@ def _scored(session: Session, version_id: str, window: int) -> list[Scored]:
         select(
             ShadowResult.kind, ShadowResult.agrees, ShadowResult.confidence, ShadowResult.created_at
         )
-        .where(ShadowResult.version_id == version_id)
+        # Feedback is left out: apps rate the answers they noticed, no random sample, and
+        # the bound's guarantee holds only for one (drift counts feedback; this does not).
+        .where(ShadowResult.version_id == version_id, ShadowResult.kind != "feedback")
         .order_by(col(ShadowResult.created_at).desc())
         .limit(window)
     ).all()

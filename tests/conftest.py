@@ -80,6 +80,9 @@ def make_settings(tmp_path: Path, sqlite_url: str) -> Callable[..., Settings]:
             "data_dir": tmp_path / "data",
             "capture_flush_seconds": 0.05,
             "capture_retry_seconds": 0.3,
+            # Every test client presents "sk-client" and many look tasks up by bare name:
+            # one tenant, unless a test of tenants asks for "key".
+            "tenancy": "single",
         }
         values.update(overrides)
         return Settings(**values)

@@ -23,13 +23,20 @@ from core.errors import (
     NotFoundError,
     PermissionDeniedError,
 )
-from core.store import list_exchanges, list_tasks, queue_training
+from core.store import list_exchanges, queue_training
 from core.tables import Mode, Task
 from core.transitions import change_mode, lock_task
 from distiller import registry
 from distiller.curation import CurationConfig, curate
 from distiller.export import fine_tuning_record
-from proxy.admin.reports import task_summary, task_transitions, threshold_moves, version_public
+from proxy.admin.reports import (
+    feedback_counts,
+    task_summary,
+    task_transitions,
+    threshold_moves,
+    version_public,
+)
+from proxy.admin.task_lookup import TaskKeyDep, TenantQuery, resolve_task, tasks_of
 from proxy.gateway.deps import RuntimeDep
 from proxy.gateway.runtime import Runtime
 
@@ -63,21 +70,21 @@ def _session(runtime: RuntimeDep) -> Iterator[Session]:
 SessionDep = Annotated[Session, Depends(_session)]
 
 
-def _task(session: Session, name: str) -> Task:
-    task = session.get(Task, name)
-    if task is None:
-        raise NotFoundError(f"unknown task {name!r}", param="task")
-    return task
+def _task(session: Session, name: str, tenant: str | None = None) -> Task:
+    return resolve_task(session, name, tenant)
 
 
 @router.get("/tasks")
-def get_tasks(session: SessionDep, runtime: RuntimeDep) -> dict[str, Any]:
-    tasks = list_tasks(session=session)
+def get_tasks(
+    session: SessionDep, runtime: RuntimeDep, tenant: TenantQuery = None
+) -> dict[str, Any]:
+    """Every task, or one tenant's (``?tenant=``)."""
+    tasks = tasks_of(session, tenant)
     return {"object": "list", "data": [task_summary(session, t, runtime.settings) for t in tasks]}
 
 
 @router.get("/tasks/{task}")
-def get_task(task: str, session: SessionDep, runtime: RuntimeDep) -> dict[str, Any]:
+def get_task(task: TaskKeyDep, session: SessionDep, runtime: RuntimeDep) -> dict[str, Any]:
     """The task's summary, its latest changes of mode and cutover and the controller's
     latest moves of its threshold (each newest first)."""
     row = _task(session, task)
@@ -85,6 +92,7 @@ def get_task(task: str, session: SessionDep, runtime: RuntimeDep) -> dict[str, A
         **task_summary(session, row, runtime.settings),
         "transitions": task_transitions(session, row.name),
         "threshold_moves": threshold_moves(session, row.name),
+        "feedback": feedback_counts(session, row.name),
     }
 
 
@@ -100,13 +108,25 @@ class TaskUpdate(BaseModel):
     confidence_threshold: float | None = Field(default=None, le=0)
     target_agreement: float | None = Field(default=None, gt=0, le=1)
     auto_ramp: bool | None = None
+    cache_seconds: float | None = Field(
+        default=None,
+        ge=0,
+        allow_inf_nan=False,
+        description="the task's cache window in seconds; 0: off; null: the setting's",
+    )
+    retention_days: float | None = Field(
+        default=None,
+        gt=0,
+        allow_inf_nan=False,
+        description="days the task's exchanges are kept; null: STILLROOM_RETENTION_DAYS's",
+    )
     reason: str | None = Field(
         default=None, max_length=500, description="why mode or cutover changes, kept with it"
     )
 
 
 @router.patch("/tasks/{task}")
-def patch_task(task: str, update: TaskUpdate, runtime: RuntimeDep) -> dict[str, Any]:
+def patch_task(task: TaskKeyDep, update: TaskUpdate, runtime: RuntimeDep) -> dict[str, Any]:
     """Change a task's mode, cutover and thresholds, all or nothing."""
     changes = update.model_dump(exclude_unset=True, exclude={"mode", "cutover_percent", "reason"})
     with Session(runtime.engine) as session, session.begin():
@@ -133,32 +153,30 @@ def patch_task(task: str, update: TaskUpdate, runtime: RuntimeDep) -> dict[str, 
 
 
 @router.post("/tasks/{task}/train", status_code=202)
-def post_train(task: str, runtime: RuntimeDep) -> dict[str, Any]:
+def post_train(task: TaskKeyDep, runtime: RuntimeDep) -> dict[str, Any]:
     run = queue_training(engine=runtime.engine, task=task)
     return run.model_dump(mode="json")
 
 
 @router.get("/tasks/{task}/runs")
-def get_runs(task: str, session: SessionDep) -> dict[str, Any]:
-    _task(session, task)
+def get_runs(task: TaskKeyDep, session: SessionDep) -> dict[str, Any]:
     runs = registry.list_runs(session=session, task=task)
     return {"object": "list", "data": [r.model_dump(mode="json") for r in runs]}
 
 
 @router.get("/tasks/{task}/runs/{run_id}")
-def get_run(task: str, run_id: str, session: SessionDep) -> dict[str, Any]:
+def get_run(task: TaskKeyDep, run_id: str, session: SessionDep) -> dict[str, Any]:
     return registry.get_run(session=session, task=task, run_id=run_id).model_dump(mode="json")
 
 
 @router.get("/tasks/{task}/versions")
-def get_versions(task: str, session: SessionDep) -> dict[str, Any]:
-    _task(session, task)
+def get_versions(task: TaskKeyDep, session: SessionDep) -> dict[str, Any]:
     versions = registry.list_versions(session=session, task=task)
     return {"object": "list", "data": [version_public(v) for v in versions]}
 
 
 @router.post("/tasks/{task}/versions/{version}/publish")
-async def post_publish(task: str, version: str, runtime: RuntimeDep) -> dict[str, Any]:
+async def post_publish(task: TaskKeyDep, version: str, runtime: RuntimeDep) -> dict[str, Any]:
     """Publish a version (``3``, ``v3`` or its id) the gate or the tournament passed over."""
     published = await registry.publish_chosen(
         engine=runtime.engine, backend=runtime.student_backend, task=task, version=version
@@ -167,7 +185,7 @@ async def post_publish(task: str, version: str, runtime: RuntimeDep) -> dict[str
 
 
 @router.post("/tasks/{task}/rollback")
-async def post_rollback(task: str, runtime: RuntimeDep) -> dict[str, Any]:
+async def post_rollback(task: TaskKeyDep, runtime: RuntimeDep) -> dict[str, Any]:
     version = await registry.rollback(
         engine=runtime.engine, backend=runtime.student_backend, task=task
     )
@@ -175,10 +193,9 @@ async def post_rollback(task: str, runtime: RuntimeDep) -> dict[str, Any]:
 
 
 @router.get("/tasks/{task}/export")
-def get_export(task: str, runtime: RuntimeDep, session: SessionDep) -> StreamingResponse:
+def get_export(task: TaskKeyDep, runtime: RuntimeDep, session: SessionDep) -> StreamingResponse:
     """The task's curated pairs as OpenAI fine-tuning JSONL (one chat per line; a pair the
     teacher answered with tool calls as a tool fine-tuning record)."""
-    _task(session, task)
     exchanges = list(list_exchanges(session=session, task=task))
     curated = curate(exchanges, _curation_config(runtime), embed=None)
     requests = {exchange.id: exchange.request for exchange in exchanges}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import sqlalchemy as sa
 from sqlmodel import Session, col, func, select
 
 from core.intervals import interval
@@ -24,6 +25,7 @@ from core.tables import (
     ThresholdMove,
 )
 from core.task_policy import effective_policy
+from core.tenants import split_task_key
 from core.transitions import recent_transitions
 from router.gates import served_agreement
 from router.threshold_control import recent_moves
@@ -44,6 +46,30 @@ def move_public(move: ThresholdMove) -> dict[str, Any]:
 def threshold_moves(session: Session, task: str) -> list[dict[str, Any]]:
     """The controller's latest moves of the task's threshold, newest first."""
     return [move_public(m) for m in recent_moves(session=session, task=task)]
+
+
+def feedback_counts(session: Session, task: str) -> dict[str, Any]:
+    """The task's answers rated good or bad (and corrected) by apps, and those its
+    clients made suspect by asking again (``proxy.admin.feedback``,
+    ``proxy.gateway.retries``)."""
+    # A JSON column keeps None as JSON null, not SQL NULL: read it as text to tell.
+    corrected = func.coalesce(sa.cast(col(Exchange.corrected_response), sa.Text), "null") != "null"
+    rows = session.exec(
+        select(Exchange.feedback, Exchange.suspect, corrected, func.count())
+        .where(
+            Exchange.task == task,
+            col(Exchange.feedback).is_not(None) | col(Exchange.suspect).is_not(None),
+        )
+        .group_by(col(Exchange.feedback), col(Exchange.suspect), corrected)
+    ).all()
+    counts: dict[str, Any] = {"good": 0, "bad": 0, "corrected": 0, "retry": 0, "reask": 0}
+    for rating, suspect, was_corrected, count in rows:
+        for key in (rating, suspect):
+            if key in counts:
+                counts[key] += count
+        if was_corrected:
+            counts["corrected"] += count
+    return counts
 
 
 def task_transitions(session: Session, task: str) -> list[dict[str, Any]]:
@@ -73,8 +99,11 @@ def task_summary(session: Session, task: Task, settings: Settings) -> dict[str, 
     active = session.get(StudentVersion, task.active_version_id) if task.active_version_id else None
     live = _live_agreement(session, task, active, settings) if active else None
     savings = _savings(session, task.name, settings)
+    name, tenant = split_task_key(task.name)
     return {
-        "name": task.name,
+        "name": name,  # as clients name it (X-Stillroom-Task); ``key`` names it in the store
+        "key": task.name,
+        "tenant": tenant,
         "derived": task.derived,
         "teacher_model": task.teacher_model,
         "mode": task.mode,
@@ -84,6 +113,9 @@ def task_summary(session: Session, task: Task, settings: Settings) -> dict[str, 
         "confidence_threshold": task.confidence_threshold,
         "target_agreement": task.target_agreement,
         "auto_ramp": task.auto_ramp,
+        "cache_seconds": task.cache_seconds,
+        "retention_days": task.retention_days,  # its own; null: the setting's
+        "retention": _retention(task, settings),
         "shape": task.shape,
         "label_count": task.label_count,
         "field_kinds": task.field_kinds,
@@ -92,6 +124,7 @@ def task_summary(session: Session, task: Task, settings: Settings) -> dict[str, 
         "cost_usd": sum(cost for _, cost in spend.values()),
         "audits": {"exchanges": audits, "cost_usd": audit_cost},
         "savings_usd": savings,
+        "cache": _cache(session, task, settings, served),
         "savings": _savings_at_agreement(savings, served, live),
         "threshold": _threshold(task, active, settings),
         "active_version": version_public(active) if active else None,
@@ -112,9 +145,30 @@ def _spend_by_origin(session: Session, task: str) -> dict[str, tuple[int, float]
     return {origin: (int(count), float(cost or 0.0)) for origin, count, cost in rows}
 
 
-def _savings(session: Session, task: str, settings: Settings) -> float:
+def _retention(task: Task, settings: Settings) -> dict[str, Any]:
+    """How long the task's exchanges are kept (``days`` null: for ever), and whose rule
+    that is: the task's own, or the setting's."""
+    if task.retention_days is not None:
+        return {"days": task.retention_days, "source": "task"}
+    return {"days": settings.retention_days, "source": "setting"}
+
+
+def _cache(
+    session: Session, task: Task, settings: Settings, served: dict[str, int]
+) -> dict[str, Any]:
+    """The task's effective cache window (its own, else the setting's), the requests the
+    cache answered and the teacher's price of those answers, saved."""
+    return {
+        "window_seconds": effective_policy(task, settings).cache_seconds,
+        "exchanges": served.get("cache", 0),
+        "savings_usd": _savings(session, task.name, settings, served_by="cache"),
+    }
+
+
+def _savings(session: Session, task: str, settings: Settings, served_by: str = "student") -> float:
     """What the teacher would have cost for what the student served, minus what the
-    student cost (both from the price table, on the student's token counts)."""
+    student cost (both from the price table, on the student's token counts); with
+    ``served_by="cache"``, for what the cache served (which cost nothing)."""
     rows = session.exec(
         select(
             Exchange.model,
@@ -122,7 +176,7 @@ def _savings(session: Session, task: str, settings: Settings) -> float:
             func.coalesce(func.sum(Exchange.completion_tokens), 0),
             func.coalesce(func.sum(Exchange.cost_usd), 0.0),
         )
-        .where(Exchange.task == task, Exchange.origin == "client", Exchange.served_by == "student")
+        .where(Exchange.task == task, Exchange.origin == "client", Exchange.served_by == served_by)
         .group_by(col(Exchange.model))
     ).all()
     total = 0.0

@@ -9,6 +9,7 @@ from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import urlencode
 
 import httpx
 import typer
@@ -74,11 +75,19 @@ def _task_threshold(task: dict[str, Any]) -> str:
     return f"{figure['effective']:.3f} ({figure['source']})"
 
 
-def tasks(url: UrlOption = DEFAULT_URL, token: TokenOption = None) -> None:
-    """List tasks: traffic, answer shape, mode, live version and its agreement."""
-    data = AdminClient(url, token).call("GET", "/admin/tasks")["data"]
+def tasks(
+    tenant: Annotated[
+        str | None, typer.Option("--tenant", help="Only this tenant's tasks.")
+    ] = None,
+    url: UrlOption = DEFAULT_URL,
+    token: TokenOption = None,
+) -> None:
+    """List tasks: tenant, traffic, answer shape, mode, live version and its agreement."""
+    query = f"?{urlencode({'tenant': tenant})}" if tenant is not None else ""
+    data = AdminClient(url, token).call("GET", f"/admin/tasks{query}")["data"]
     table = Table(
         "task",
+        "tenant",
         "shape",
         "exchanges",
         "on student",
@@ -99,6 +108,7 @@ def tasks(url: UrlOption = DEFAULT_URL, token: TokenOption = None) -> None:
         total = task["exchanges"]["total"] or 1
         table.add_row(
             task["name"],
+            task.get("tenant", "default"),
             _shape(task),
             str(task["exchanges"]["total"]),
             _percent(task["served_by"].get("student", 0) / total),
@@ -323,5 +333,6 @@ def rollout(
 
 
 def register(app: typer.Typer) -> None:
-    for command in (tasks, versions, train, rollout, publish, rollback, export):
+    # export is registered by proxy.cli.transfer, which adds the model formats to it.
+    for command in (tasks, versions, train, rollout, publish, rollback):
         app.command()(command)

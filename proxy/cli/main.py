@@ -17,6 +17,9 @@ from core.migrations import BASELINE, SchemaStatus
 from core.settings import Settings, load_settings, settings_reference
 from core.store import create_store_engine, create_tables, schema_status
 from proxy.cli import admin as cli_admin
+from proxy.cli import feedback as cli_feedback
+from proxy.cli import forget as cli_forget
+from proxy.cli import transfer as cli_transfer
 
 # proxy.processes.servers (the servers) is imported by the commands that run one: it brings torch,
 # which the admin commands have no use for.
@@ -28,6 +31,9 @@ app = typer.Typer(
     add_completion=False,
 )
 cli_admin.register(app)
+cli_feedback.register(app)
+cli_forget.register(app)
+cli_transfer.register(app)
 
 HostOption = Annotated[
     str | None, typer.Option("--host", help="Address to listen on [default: 127.0.0.1].")

@@ -17,6 +17,7 @@ from core.evaluation import read_evaluation
 from core.intervals import interval
 from core.settings import Settings
 from core.tables import Exchange, ShadowResult, StudentVersion, Task
+from core.tenants import DEFAULT_TENANT, split_task_key
 from proxy.demo.chart_labels import place_phase_labels
 
 SERVED = ("teacher", "student", "fallback")
@@ -52,6 +53,7 @@ class Figures:
     latency_ms: dict[str, dict[str, float]]
     final_stage: dict[str, Any] | None
     timeline: list[dict[str, float]] = field(default_factory=list)
+    tenant: str = DEFAULT_TENANT  # whose task it is; ``task`` is its name, as clients send it
 
     @property
     def savings_usd(self) -> float:
@@ -93,8 +95,10 @@ def collect(
             final = _stage([r for r in rows if r.at >= offset], since=offset)
         requests = [r for r in rows if not r.audit]
         served = {name: sum(r.served_by == name for r in requests) for name in SERVED}
+        name, tenant = split_task_key(task_name)
         return Figures(
-            task=task_name,
+            task=name,
+            tenant=tenant,
             started_at=start,
             mode=task.mode,
             cutover_percent=task.cutover_percent,
@@ -248,7 +252,8 @@ def markdown(
     """The report as a Markdown document."""
     price = settings.price_of("gpt-4o")
     lines = [
-        f"# stillroom demo report: task `{figures.task}`",
+        f"# stillroom demo report: task `{figures.task}`"
+        + (f" (tenant `{figures.tenant}`)" if figures.tenant != DEFAULT_TENANT else ""),
         "",
         f"Final state: **{figures.mode}**"
         + (f" at {figures.cutover_percent:g}%" if figures.mode == "live" else "")

@@ -32,12 +32,14 @@ from rich.table import Table
 
 from core.settings import Settings
 from core.store import create_store_engine
+from core.tenants import key_hash, task_key
 from distiller.datasets import clinc150_banking20
 from distiller.tiny_model import build_tiny_model
 from proxy.demo import report
 from proxy.demo.teacher import IntentTeacher, Latency, create_teacher_app, system_prompt
-from proxy.demo.traffic import TASK, App, TrafficStats
+from proxy.demo.traffic import API_KEY, TASK, App, TrafficStats
 from proxy.demo.view import ProgressLines, State, render
+from proxy.gateway.tenancy import request_tenant
 from proxy.processes.environment import settings_environment
 
 console = Console()
@@ -234,7 +236,10 @@ class _Demo:
     def _report(self, settings: Settings) -> report.Figures:
         engine = create_store_engine(settings.database_url)
         try:
-            figures = report.collect(engine, settings, TASK, final_since=self.final_since)
+            # The app's requests are its key's tenant's task (the default one's in single
+            # tenancy): the store holds them under that task's key.
+            key = task_key(TASK, request_tenant(key_hash(API_KEY), settings))
+            figures = report.collect(engine, settings, key, final_since=self.final_since)
         finally:
             engine.dispose()
         phases = [(report.seconds_since_start(figures, at), name) for at, name in self.phases]
@@ -320,7 +325,7 @@ from openai import OpenAI
 
 client = OpenAI(
     base_url="{base_url}/v1",
-    api_key="sk-demo",
+    api_key="{api_key}",
     default_headers={{"X-Stillroom-Task": "{task}"}},
 )
 raw = client.chat.completions.with_raw_response.create(
@@ -336,11 +341,14 @@ print(raw.headers["x-stillroom-served-by"], raw.parse().choices[0].message.conte
 
 def _print_snippet(base_url: str, intents: list[str], directory: Path) -> None:
     script = directory / "try_it.py"
-    script.write_text(_TRY_IT.format(base_url=base_url, task=TASK, system=system_prompt(intents)))
+    script.write_text(
+        _TRY_IT.format(base_url=base_url, api_key=API_KEY, task=TASK, system=system_prompt(intents))
+    )
     console.print(
         f"\nstillroom is still running on {base_url}/v1. Point your own openai client at it "
-        f'with the header X-Stillroom-Task: {TASK}, or run:\n\n  python {script} "my card '
-        'was declined"\n\nPress Ctrl-C to stop.',
+        f"with the demo app's key {API_KEY} (another key is another tenant, with tasks of "
+        f"its own) and the header X-Stillroom-Task: {TASK}, or run:\n\n  python {script} "
+        '"my card was declined"\n\nPress Ctrl-C to stop.',
         highlight=False,
     )
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import openai
 
 TASK = "support-intents"
+API_KEY = "sk-demo"  # the app's key: with key tenancy, its tenant's is the demo's task
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,7 +77,7 @@ class App:
     ) -> None:
         self.client = openai.AsyncOpenAI(
             base_url=base_url,
-            api_key="sk-demo",
+            api_key=API_KEY,
             default_headers={"X-Stillroom-Task": TASK},
             max_retries=2,  # the SDK's default, as an app has it
             timeout=60.0,

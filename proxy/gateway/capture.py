@@ -7,6 +7,11 @@ answers again; spill files left by a crashed process are replayed on the next st
 Writes are idempotent (exchange ids are unique), so a replay never duplicates a row. Rows
 the store refuses as data are kept in a ``rejected`` file, counted, and not retried.
 
+Deleting exchanges (``DELETE /admin/exchanges``) also removes them from the spill and
+rejected files of the folder (:meth:`CaptureWriter.purge`). Every write to a spill file,
+its replay and its purge hold an exclusive ``flock`` on it, so that no line is appended to
+a file being purged, and no spilled row a purge removes can reach the store afterwards.
+
 A store whose schema does not fit this build (a missing table or column: it was not
 migrated, or a newer stillroom changed it) is not an outage: the writer logs the cause
 once, counts each failed write, keeps spilling and retrying, and says so in
@@ -17,19 +22,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
 import os
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import IO
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from core.deletion import ExchangeFilter
 from core.metrics import Metrics
 from core.store import create_tables, insert_exchanges, schema_fault
 from core.tables import ExchangeCreate
+from proxy.gateway.retries import RetryRules, mark_suspects
 
 log = logging.getLogger("stillroom.capture")
 
@@ -49,8 +58,10 @@ class CaptureWriter:
         batch_size: int = 256,
         flush_seconds: float = 0.25,
         retry_seconds: float = 2.0,
+        retries: RetryRules | None = None,
     ) -> None:
         self.engine = engine
+        self.retries = retries  # what makes a stored answer suspect (proxy.gateway.retries)
         self.spill_dir = spill_dir
         self.metrics = metrics
         self.batch_size = batch_size
@@ -212,13 +223,15 @@ class CaptureWriter:
             return
         self.metrics.capture_written.inc(len(batch))
         self.metrics.store_up.set(1)
+        if self.retries is not None:  # here, in the writer's thread: never on a request's path
+            mark_suspects(self.engine, batch, self.retries, self.metrics)
         if self._schema_fault is not None:
             log.info("the store's schema fits again; writing exchanges")
             self._schema_fault = None
 
     def _reject(self, exchange: ExchangeCreate) -> None:
         log.error("store refused exchange %s; kept in %s", exchange.id, self._rejected_path)
-        with self._rejected_path.open("ab") as file:
+        with _locked(self._rejected_path, "ab") as file:
             file.write(exchange.model_dump_json().encode() + b"\n")
         self.metrics.capture_rejected.inc()
 
@@ -226,7 +239,7 @@ class CaptureWriter:
         if not batch:
             return
         self.spill_dir.mkdir(parents=True, exist_ok=True)
-        with self._spill_path.open("ab") as file:
+        with _locked(self._spill_path, "ab") as file:
             file.write(b"".join(e.model_dump_json().encode() + b"\n" for e in batch))
         self.metrics.capture_spilled.inc(len(batch))
 
@@ -248,17 +261,34 @@ class CaptureWriter:
                 claimed = path.with_name(path.name + ".replaying")
                 path.rename(claimed)
                 path = claimed
-            exchanges = self._read_spill(path)
-            for start in range(0, len(exchanges), self.batch_size):
-                batch = exchanges[start : start + self.batch_size]
-                try:
-                    self._write(batch)
-                except Exception as exc:
-                    if not self._store_failed(exc, len(batch), replay=True):
-                        raise
-                    return
-            path.unlink()
+            # Locked from read to unlink: a purge waits until these rows are in the store.
+            with _locked(path, "rb"):
+                exchanges = self._read_spill(path)
+                for start in range(0, len(exchanges), self.batch_size):
+                    batch = exchanges[start : start + self.batch_size]
+                    try:
+                        self._write(batch)
+                    except Exception as exc:
+                        if not self._store_failed(exc, len(batch), replay=True):
+                            raise
+                        return
+                path.unlink()
             log.info("replayed %d spilled exchanges from %s", len(exchanges), path.name)
+
+    def purge(self, selection: ExchangeFilter) -> int:
+        """Remove the exchanges ``selection`` selects from every spill file in the folder
+        (any process's) and from the rejected file; how many lines went. A line that is not
+        an exchange (cut by a crash) is kept: nothing says whose it is."""
+        purged = 0
+        for path in [*sorted(self.spill_dir.glob("exchanges-*.jsonl*")), self._rejected_path]:
+            # A file a replay claimed since the glob has its new name.
+            for candidate in (path, path.with_name(path.name + ".replaying")):
+                with contextlib.suppress(FileNotFoundError), _locked(candidate, "r+b") as file:
+                    purged += _purge_lines(file, selection)
+                    break
+        if purged:
+            log.info("purged %d deleted exchanges from spill files in %s", purged, self.spill_dir)
+        return purged
 
     def _read_spill(self, path: Path) -> list[ExchangeCreate]:
         exchanges = []
@@ -269,10 +299,39 @@ class CaptureWriter:
                 exchanges.append(ExchangeCreate.model_validate_json(line))
             except ValueError:
                 # A line cut by a crash mid-write, or not an exchange: kept, never retried.
-                with self._rejected_path.open("ab") as file:
+                with _locked(self._rejected_path, "ab") as file:
                     file.write(line + b"\n")
                 self.metrics.capture_rejected.inc()
         return exchanges
+
+
+@contextlib.contextmanager
+def _locked(path: Path, mode: str) -> Iterator[IO[bytes]]:
+    """``path`` open in ``mode`` under an exclusive ``flock`` (across processes)."""
+    with path.open(mode) as file:
+        fcntl.flock(file.fileno(), fcntl.LOCK_EX)
+        try:
+            yield file
+        finally:
+            fcntl.flock(file.fileno(), fcntl.LOCK_UN)
+
+
+def _purge_lines(file: IO[bytes], selection: ExchangeFilter) -> int:
+    """Rewrite ``file`` without the exchanges ``selection`` selects; how many went."""
+    kept, lines = [], file.read().splitlines()
+    for line in lines:
+        try:
+            if selection.matches(ExchangeCreate.model_validate_json(line)):
+                continue
+        except ValueError:
+            pass
+        kept.append(line)
+    if len(kept) < len(lines):
+        # In place, not a new file: a process appending to it holds this inode.
+        file.seek(0)
+        file.truncate()
+        file.write(b"".join(line + b"\n" for line in kept))
+    return len(lines) - len(kept)
 
 
 def _alive(pid: int) -> bool:

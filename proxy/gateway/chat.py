@@ -18,6 +18,7 @@ from starlette.responses import Response
 from core.tasks import TASK_HEADER, identify_task
 from core.wire import ChatCompletionRequest
 from proxy.gateway.body import parse_chat_request, parse_json_object, read_body
+from proxy.gateway.cache import cached_response
 from proxy.gateway.cancellation import cancelled_on_disconnect
 from proxy.gateway.deps import presented_key_hash
 from proxy.gateway.headers import RawHeaders, teacher_request_headers
@@ -31,6 +32,7 @@ from proxy.gateway.routing import (
 )
 from proxy.gateway.runtime import Runtime
 from proxy.gateway.teacher_call import call_teacher, relayed
+from proxy.gateway.tenancy import request_tenant
 from router.bucketing import ROUTE_KEY_HEADER
 from router.route import Outcome
 
@@ -47,17 +49,22 @@ async def chat_completions(request: Request, runtime: Runtime) -> Response:
 async def _answer(request: Request, runtime: Runtime, body: bytes, started: float) -> Response:
     payload = parse_json_object(body)
     chat = parse_chat_request(payload)
+    key_hash = presented_key_hash(request.headers)
+    tenant = request_tenant(key_hash, runtime.settings)
     recorder = ExchangeRecorder(
         settings=runtime.settings,
         metrics=runtime.metrics,
         capture=runtime.capture,
-        task=identify_task(request.headers.get(TASK_HEADER), chat),
+        task=identify_task(request.headers.get(TASK_HEADER), chat, tenant=tenant),
         payload=payload,
         stream=bool(chat.stream),
         started=started,
-        client_key_hash=presented_key_hash(request.headers),
+        client_key_hash=key_hash,
         route_key=request.headers.get(ROUTE_KEY_HEADER),
     )
+    cached = await cached_response(runtime, recorder, chat)
+    if cached is not None:
+        return cached
     # The teacher gets the body decoded (read_body undid any content-encoding), never the
     # client's compressed bytes: the proxy may rewrite it (stream_options below), audits
     # send one rebuilt from the payload with these same headers, and not every
@@ -102,4 +109,4 @@ async def _teacher(
         strip_usage=strip_usage,
         on_answer=shadow_hook(runtime, outcome, recorder.id),
     )
-    return relayed(answer, outcome_headers(outcome))
+    return relayed(answer, outcome_headers(outcome, recorder.id))

@@ -24,6 +24,7 @@ from core.dialects import messages
 from core.tasks import TASK_HEADER, identify_task
 from core.wire import ChatCompletionRequest
 from proxy.gateway.body import parse_chat_request, parse_json_object, read_body
+from proxy.gateway.cache import cached_response, message_replay
 from proxy.gateway.cancellation import cancelled_on_disconnect
 from proxy.gateway.deps import presented_key_hash
 from proxy.gateway.headers import teacher_request_headers
@@ -44,6 +45,7 @@ from proxy.gateway.teacher_dialects import (
     NamedEventAssembler,
     TeacherDialect,
 )
+from proxy.gateway.tenancy import request_tenant
 from router.bucketing import ROUTE_KEY_HEADER
 from router.reasons import as_teacher_only
 from router.student import StudentReply
@@ -108,15 +110,17 @@ async def _answer(request: Request, runtime: Runtime, raw: bytes, started: float
     client_body = parse_json_object(raw)
     view = messages.chat_request(client_body)
     chat = parse_chat_request(view)
+    key_hash = presented_key_hash(request.headers, anthropic=True)
+    tenant = request_tenant(key_hash, runtime.settings)
     recorder = ExchangeRecorder(
         settings=runtime.settings,
         metrics=runtime.metrics,
         capture=runtime.capture,
-        task=identify_task(request.headers.get(TASK_HEADER), chat),
+        task=identify_task(request.headers.get(TASK_HEADER), chat, tenant=tenant),
         payload=view,
         stream=client_body.get("stream") is True,
         started=started,
-        client_key_hash=presented_key_hash(request.headers, anthropic=True),
+        client_key_hash=key_hash,
         route_key=request.headers.get(ROUTE_KEY_HEADER),
         dialect="messages",
         client_request=client_body,
@@ -126,6 +130,10 @@ async def _answer(request: Request, runtime: Runtime, raw: bytes, started: float
     )
     reason = messages.teacher_only(client_body)
     teacher_only = as_teacher_only(reason) if reason is not None else None
+    if teacher_only is None:  # what only the teacher can do may change: asked afresh
+        cached = await cached_response(runtime, recorder, chat, replay=message_replay)
+        if cached is not None:
+            return cached
     outcome = await route(request, runtime, chat, view, recorder, teacher_only=teacher_only)
     if outcome.reply is not None:
         if outcome.audit is not None:

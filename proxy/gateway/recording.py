@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from core.metrics import Metrics
+from core.pii import scrub_document
 from core.request_identity import end_user, request_hash
 from core.settings import Settings
 from core.tables import Dialect, ExchangeCreate
@@ -27,6 +28,9 @@ from router.reasons import ServedBy
 
 # Status nginx uses for "client closed request"; nobody is left to read it.
 CLIENT_CLOSED = 499
+# The response header naming the exchange an answer was recorded as (ExchangeRecorder.id):
+# what POST /admin/exchanges/{id}/feedback takes.
+EXCHANGE_ID_HEADER = "x-stillroom-exchange-id"
 
 Status = Literal["ok", "error", "aborted"]
 Origin = Literal["client", "audit"]  # the exchanges the proxy makes (``import`` it does not)
@@ -99,6 +103,12 @@ class ExchangeRecorder:
         if self.capture is None:
             return
         choices = (response or {}).get("choices") or []
+        request, client_request = self.payload, self.client_request
+        if self.settings.scrub_pii_at_capture:
+            # Before the row exists, so the store never holds what the scrubber finds. The
+            # hash is of what is stored: a scrubbed answer is never found by the original.
+            request, client_request = scrub_document(request), scrub_document(client_request)
+            response, client_response = scrub_document(response), scrub_document(client_response)
         self.capture.submit(
             ExchangeCreate.model_construct(
                 id=self.id,
@@ -111,16 +121,16 @@ class ExchangeRecorder:
                 http_status=http_status,
                 model=model or None,
                 stream=self.stream,
-                request=self.payload,
+                request=request,
                 response=response,
                 dialect=self.dialect,
-                client_request=self.client_request,
+                client_request=client_request,
                 client_response=client_response,
                 response_id=response_id,
                 tenant=self.task.tenant,
                 client_key_hash=self.client_key_hash,
                 end_user=end_user(self.payload, self.route_key),
-                request_hash=request_hash(self.payload),
+                request_hash=request_hash(request),
                 version_id=version_id,
                 finish_reason=choices[0].get("finish_reason") if choices else None,
                 prompt_tokens=usage.get("prompt_tokens"),
@@ -177,8 +187,14 @@ class ExchangeRecorder:
             if counterfactual is not None:
                 metrics.counterfactual_cost_usd.labels(task=task).inc(counterfactual)
                 metrics.savings_usd.labels(task=task).inc(counterfactual - (cost or 0.0))
+        if served_by == "cache" and usage:  # the teacher's price of the answer it did not give
+            avoided = self._cost(model, usage, "teacher")
+            if avoided is not None:
+                metrics.cache_savings_usd.labels(task=task).inc(avoided)
 
     def _cost(self, model: str, usage: dict[str, Any], served_by: ServedBy) -> float | None:
+        if served_by == "cache":  # answered from the store: nobody was paid
+            return 0.0
         if not usage:
             return None
         price = (

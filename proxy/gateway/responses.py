@@ -47,6 +47,7 @@ from proxy.gateway.teacher_dialects import (
     NamedEventAssembler,
     TeacherDialect,
 )
+from proxy.gateway.tenancy import request_tenant
 from router.bucketing import ROUTE_KEY_HEADER
 from router.reasons import TeacherOnly, as_teacher_only
 from router.student import StudentReply
@@ -99,15 +100,17 @@ async def _answer(request: Request, runtime: Runtime, raw: bytes, started: float
     owner = key_owner(request.headers)
     conversation = await resolve(runtime, client_body, owner=owner)
     chat = _chat(conversation.view)
+    key_hash = presented_key_hash(request.headers)
+    tenant = request_tenant(key_hash, runtime.settings)
     recorder = ExchangeRecorder(
         settings=runtime.settings,
         metrics=runtime.metrics,
         capture=runtime.capture,
-        task=identify_task(request.headers.get(TASK_HEADER), chat),
+        task=identify_task(request.headers.get(TASK_HEADER), chat, tenant=tenant),
         payload=conversation.view,
         stream=client_body.get("stream") is True,
         started=started,
-        client_key_hash=presented_key_hash(request.headers),
+        client_key_hash=key_hash,
         route_key=request.headers.get(ROUTE_KEY_HEADER),
         dialect="responses",
         client_request=client_body,

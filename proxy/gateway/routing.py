@@ -32,7 +32,7 @@ from core.wire import (
     sse,
 )
 from proxy.gateway.headers import RawHeaders
-from proxy.gateway.recording import ExchangeRecorder
+from proxy.gateway.recording import EXCHANGE_ID_HEADER, ExchangeRecorder
 from proxy.gateway.runtime import Runtime
 from proxy.gateway.teacher import Teacher
 from proxy.gateway.teacher_call import call_teacher, relayed
@@ -87,14 +87,17 @@ async def route(
         )
 
 
-def outcome_headers(outcome: Outcome) -> RawHeaders:
-    """``X-Stillroom-*`` response headers: who served, the task, the student version."""
+def outcome_headers(outcome: Outcome, exchange_id: str | None = None) -> RawHeaders:
+    """``X-Stillroom-*`` response headers: who served, the task, the student version, and
+    the exchange the answer was recorded as (what feedback names)."""
     own = [
         (b"x-stillroom-served-by", outcome.served_by.encode()),
         (b"x-stillroom-task", outcome.task.encode()),
     ]
     if outcome.student_version is not None:
         own.append((b"x-stillroom-student-version", outcome.student_version.encode()))
+    if exchange_id is not None:
+        own.append((EXCHANGE_ID_HEADER.encode(), exchange_id.encode()))
     return own
 
 
@@ -238,7 +241,7 @@ def student_response(
         include_usage = bool(chat.stream_options and chat.stream_options.include_usage)
         events = completion_events(completion, include_usage=include_usage)
         response = StreamingResponse(iter(events), media_type="text/event-stream")
-    response.raw_headers = [*response.raw_headers, *outcome_headers(outcome)]
+    response.raw_headers = [*response.raw_headers, *outcome_headers(outcome, recorder.id)]
     return response
 
 
@@ -273,7 +276,7 @@ def written_response(
         response = Response(orjson.dumps(written.document), media_type="application/json")
     else:
         response = StreamingResponse(iter(written.events), media_type="text/event-stream")
-    response.raw_headers = [*response.raw_headers, *outcome_headers(outcome)]
+    response.raw_headers = [*response.raw_headers, *outcome_headers(outcome, recorder.id)]
     return response
 
 
@@ -299,7 +302,7 @@ async def teacher_response(
         on_answer=shadow_hook(runtime, outcome, recorder.id),
         dialect=dialect,
     )
-    return relayed(answer, outcome_headers(outcome))
+    return relayed(answer, outcome_headers(outcome, recorder.id))
 
 
 def completion_events(completion: dict[str, Any], *, include_usage: bool) -> list[bytes]:

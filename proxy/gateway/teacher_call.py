@@ -24,7 +24,7 @@ from starlette.responses import Response, StreamingResponse
 from core.dialects.errors import DialectError
 from core.errors import StillroomError
 from proxy.gateway.headers import RawHeaders, client_response_headers
-from proxy.gateway.recording import ExchangeRecorder, Status
+from proxy.gateway.recording import EXCHANGE_ID_HEADER, ExchangeRecorder, Status
 from proxy.gateway.streaming import EventSplitter
 from proxy.gateway.teacher import Teacher
 from proxy.gateway.teacher_dialects import CHAT, AnswerViews, TeacherDialect
@@ -115,6 +115,7 @@ async def call_teacher(
                 http_status=exc.status_code,
                 response=exc.to_body(),
             )
+            exc.headers[EXCHANGE_ID_HEADER] = recorder.id  # the error is an exchange too
             raise
     upstream_seconds = time.perf_counter() - started
     answer = _whole(response, content, dialect)

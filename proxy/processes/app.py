@@ -22,12 +22,15 @@ from core.settings import Settings, load_settings
 from core.store import create_store_engine, create_tables
 from distiller.backends import DEFAULT_EMBEDDED_URL, create_student_backend
 from proxy.admin import api as admin
+from proxy.admin import feedback, forget, imports
 from proxy.gateway import ops
 from proxy.gateway.capture import CaptureWriter
 from proxy.gateway.errors import install_error_handlers
+from proxy.gateway.retries import RetryRules
 from proxy.gateway.routes import install_openai_routes
 from proxy.gateway.runtime import Runtime
 from proxy.gateway.teacher import Teacher, create_teacher_http_client
+from proxy.gateway.tenancy import warn_of_stranded_students
 from proxy.processes.distiller_process import DistillerProcess
 from proxy.processes.heap import freeze_start_up_heap, thaw_heap
 from router.classifier import ClassifierStudent
@@ -77,6 +80,9 @@ def create_app(
     install_error_handlers(app)
     app.include_router(ops.router)
     app.include_router(admin.router)
+    app.include_router(feedback.router)
+    app.include_router(forget.router)
+    app.include_router(imports.router)
     install_openai_routes(app)
     return app
 
@@ -111,6 +117,7 @@ async def _start(
     engine = create_store_engine(settings.database_url)
     try:
         await asyncio.to_thread(create_tables, engine)
+        await asyncio.to_thread(warn_of_stranded_students, engine, settings)
     except sa.exc.OperationalError as exc:
         # Serve anyway: capture spills to disk and writes once the store is back.
         log.error("store unreachable at start-up; exchanges will spill to disk: %s", exc.orig)
@@ -125,6 +132,7 @@ async def _start(
             batch_size=settings.capture_batch_size,
             flush_seconds=settings.capture_flush_seconds,
             retry_seconds=settings.capture_retry_seconds,
+            retries=RetryRules.of(settings),
         )
         await capture.start()
     teacher = Teacher(base_url=settings.teacher_url, client=http_client, metrics=metrics)

@@ -39,6 +39,7 @@ STARTUP_SECONDS = 240.0
 SHARED_ENV = {
     "STILLROOM_ADMIN_TOKEN": TOKEN,
     "STILLROOM_LOG_LEVEL": "warning",
+    "STILLROOM_TENANCY": "single",  # every client presents sk-client; tasks by bare name
     "HF_HUB_OFFLINE": "1",
 }
 DISTILLER_ENV = {

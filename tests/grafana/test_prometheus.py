@@ -55,6 +55,26 @@ class Stillroom:
                 extra_headers={"X-Stillroom-Task": task},
             )
 
+    def ask_until_cached(self, timeout: float = 30) -> None:
+        """One deterministic request, again, until the cache answers it (once the teacher's
+        answer to it is stored)."""
+        client = self.proxy.client()
+        deadline = time.monotonic() + timeout
+        while True:
+            raw = client.chat.completions.with_raw_response.create(
+                model="gpt-4o-mini",
+                temperature=0,
+                messages=[
+                    {"role": "system", "content": SYSTEM},
+                    {"role": "user", "content": "alpha"},
+                ],
+                extra_headers={"X-Stillroom-Task": TASK},
+            )
+            if raw.headers["x-stillroom-served-by"] == "cache":
+                return
+            assert time.monotonic() < deadline, "the cache answered nothing"
+            time.sleep(0.1)
+
     def wait_for_mode(self, mode: str, task: str = TASK) -> None:
         """Until the proxy's policy refresh has seen the task in ``mode``."""
 
@@ -128,6 +148,7 @@ def stillroom(
         target_agreement=0.8,  # what 40 held-out pairs can show (a lower bound)
         publish_min_share=0.2,
         policy_refresh_seconds=0.2,
+        cache_seconds=600,
         difficulty_gate=False,
         drift_check_seconds=1,
         drift_min_samples=5,
@@ -142,9 +163,10 @@ def stillroom(
 
 
 def exercise(stillroom: Stillroom) -> None:
-    """Teacher traffic, errors and an unpriced model; a trained and published student;
-    shadow, then live with every student answer audited."""
+    """Teacher traffic, errors and an unpriced model, and a request the cache answers; a
+    trained and published student; shadow, then live with every student answer audited."""
     stillroom.ask(100, offset=0)
+    stillroom.ask_until_cached()
     stillroom.ask(1, offset=0, task="unpriced", model="an-unpriced-model")
     for _ in range(2):
         stillroom.teacher.faults.append(Fault(status=500))

@@ -40,6 +40,7 @@ def workers(
         STILLROOM_DATABASE_URL=f"sqlite:///{tmp_path / 'workers.db'}",
         STILLROOM_DATA_DIR=str(tmp_path / "data"),
         STILLROOM_LOG_LEVEL="info",  # each worker logs the end of its start-up
+        STILLROOM_TENANCY="single",  # metrics by the task's bare name
         TMPDIR=str(tmp_path),
     )
     if request.param == "named":

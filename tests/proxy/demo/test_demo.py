@@ -16,8 +16,8 @@ from sqlmodel import Session, select
 from core.settings import Settings
 from core.store import create_store_engine
 from core.tables import Exchange, ShadowResult
+from core.tenants import task_key
 from proxy.demo.report import Figures, summary_rows
-from proxy.demo.traffic import TASK
 
 from servers import free_port
 
@@ -55,12 +55,14 @@ def report(demo: Path) -> dict[str, Any]:
 
 def stored(demo: Path) -> tuple[list[Exchange], set[str | None]]:
     """The task's complete exchanges, and the ids of those scored as audits."""
+    figures = report(demo)
+    key = task_key(figures["task"], figures["tenant"])  # the demo app's key's tenant's task
     engine = create_store_engine(f"sqlite:///{demo / 'stillroom.db'}")
     try:
         with Session(engine) as session:
             exchanges = list(
                 session.exec(
-                    select(Exchange).where(Exchange.task == TASK, Exchange.status == "ok")
+                    select(Exchange).where(Exchange.task == key, Exchange.status == "ok")
                 ).all()
             )
             audited = set(
