@@ -225,7 +225,8 @@ class Exchange(ExchangeBase, table=True):
     __tablename__ = "exchanges"
     __table_args__ = (
         sa.Index("ix_exchanges_task_created", "task", "created_at"),
-        sa.Index("ix_exchanges_task_request_hash", "task", "request_hash"),
+        # The cache's, the retry detector's and the import's lookups: newest first.
+        sa.Index("ix_exchanges_task_request_hash", "task", "request_hash", "created_at"),
     )
 
 

@@ -118,9 +118,9 @@ def _statement(*, keyless: bool) -> Select[tuple[Any, Any]]:
             col(candidate.status) == "ok",
             col(candidate.http_status) == 200,
             col(candidate.served_by).in_(SERVED_FROM),
-            _unindexed(col(candidate.created_at)) >= sa.bindparam("since"),
+            col(candidate.created_at) >= sa.bindparam("since"),
         )
-        .order_by(_unindexed(col(candidate.created_at)).desc())
+        .order_by(col(candidate.created_at).desc())
         .limit(1)
         .scalar_subquery()
     )
@@ -128,7 +128,7 @@ def _statement(*, keyless: bool) -> Select[tuple[Any, Any]]:
         select(col(later.id))
         .where(
             *_same_request(later, keyless=keyless),
-            _unindexed(col(later.created_at)) >= col(Exchange.created_at),
+            col(later.created_at) >= col(Exchange.created_at),
             or_(col(later.feedback) == "bad", col(later.suspect).is_not(None)),
         )
         .exists()
@@ -147,13 +147,6 @@ def _same_request(exchange: Any, *, keyless: bool) -> list[Any]:
         col(exchange.request_hash) == sa.bindparam("request_hash"),
         client_key.is_(None) if keyless else client_key == sa.bindparam("client_key_hash"),
     ]
-
-
-def _unindexed(column: Any) -> Any:
-    """``column`` as an expression no index serves, so that the request is looked up by
-    (task, request_hash): SQLite, without statistics, would rather walk (task, created_at)
-    over the whole window, every request of the task in it, than the few of this one."""
-    return sa.func.coalesce(column, column)
 
 
 async def cached_response(

@@ -9,7 +9,7 @@ Tasks may override retention (``retention_days``) and the cache (``cache_seconds
 Exchanges gain: ``tenant``; ``client_key_hash`` (sha256 of the key the client presented,
 never the key); ``end_user`` (the request's ``user``, else its route key: what deletion on
 request finds); ``request_hash`` (the canonical request's sha256: the cache's key and the
-import's dedup key, indexed with the task); ``version_id`` (the student version that
+import's dedup key, indexed with the task and the time); ``version_id`` (the student version that
 answered, if one did); the app's ``feedback`` (good or bad), its
 ``corrected_response`` and ``feedback_at``; ``suspect`` (retry or reask: the client asked
 again, so the answer does not train). Existing rows keep every value; the new columns are
@@ -75,7 +75,9 @@ def upgrade() -> None:
         batch.add_column(sa.Column("feedback_at", sa.DateTime(timezone=True), nullable=True))
         batch.add_column(sa.Column("suspect", sa.String(length=16), nullable=True))
     op.create_index("ix_exchanges_end_user", "exchanges", ["end_user"])
-    op.create_index("ix_exchanges_task_request_hash", "exchanges", ["task", "request_hash"])
+    op.create_index(
+        "ix_exchanges_task_request_hash", "exchanges", ["task", "request_hash", "created_at"]
+    )
 
 
 def downgrade() -> None:
