@@ -36,9 +36,11 @@ class AdminClient:
         headers = {"authorization": f"Bearer {token}"} if token else {}
         self.http = httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=60)
 
-    def call(self, method: str, path: str, json: Any = None) -> Any:
+    def call(self, method: str, path: str, json: Any = None, **options: Any) -> Any:
+        """The JSON answer of one admin API call (``options`` go to httpx); on an error
+        answer, or none, the command fails with its message."""
         try:
-            response = self.http.request(method, path, json=json)
+            response = self.http.request(method, path, json=json, **options)
         except httpx.HTTPError as exc:
             _fail(f"cannot reach stillroom at {self.http.base_url}: {exc}")
         if response.status_code >= 400:

@@ -61,22 +61,13 @@ def import_pairs(
                     progress.advance(bar, len(chunk))
                     yield chunk
 
-        try:
-            response = client.http.post(
-                f"/admin/tasks/{task}/import",
-                content=chunks(),
-                params=params,
-                headers={"content-type": "application/jsonl"},
-            )
-        except httpx.HTTPError as exc:
-            _fail(f"cannot reach stillroom at {client.http.base_url}: {exc}")
-    if response.status_code >= 400:
-        try:
-            message = response.json()["error"]["message"]
-        except (ValueError, KeyError, TypeError):
-            message = response.text
-        _fail(f"{response.status_code}: {message}")
-    result = response.json()
+        result = client.call(
+            "POST",
+            f"/admin/tasks/{task}/import",
+            content=chunks(),
+            params=params,
+            headers={"content-type": "application/jsonl"},
+        )
     for error in result["errors"]:
         console.print(f"[yellow]line {error['line']}: {error['message']}[/yellow]")
     console.print(
