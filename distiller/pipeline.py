@@ -3,9 +3,12 @@
 A label-like task gets a candidate of each enabled student kind (a classifier head in
 seconds, a LoRA adapter in minutes), and so does an extractor-shaped JSON task (an
 extractor in about a minute, a LoRA adapter), evaluated on the same held-out split; the
-tournament picks the one to put to the publish gate (see ``distiller.tournament``). Other
-tasks get a LoRA adapter. A run that fails at any step is marked failed with its error; the
-live version of the task is never touched by a failed or rejected run.
+tournament picks the one to put to the publish gate (see ``distiller.tournament``). It is
+progressive: the kinds train fastest first, and one that passes the gate is published as
+soon as it is evaluated, so the task is served while slower kinds train; a slower one
+replaces it only by serving a larger share at the target. Other tasks get a LoRA adapter.
+A run that fails at any step is marked failed with its error; a version that fails or
+loses never replaces the live one.
 """
 
 from __future__ import annotations
@@ -166,6 +169,8 @@ class Pipeline:
             first = registry.next_version_number(session=session, task=run.task)
         versions: list[StudentVersion] = []
         failures: dict[str, str] = {}
+        early: StudentVersion | None = None  # published before the run's last kind trained
+        probe = curated.heldout[0]
         for number, kind in enumerate(kinds, start=first):
             try:
                 candidate = await self._train(kind, run, number, curated, policy)
@@ -175,13 +180,59 @@ class Pipeline:
                 log.warning("training the %s student of %s failed: %s", kind, run.task, exc)
                 failures[kind] = _describe(exc)
                 continue
-            versions.append(self._register(run, number, candidate, profile))
+            version = self._register(run, number, candidate, profile)
+            if number < first + len(kinds) - 1:  # slower challengers still to train
+                version = await self._publish_early(version, early, probe, policy)
+                if version.state == "published":
+                    early = version
+                    update(version_id=version.id)
+            versions.append(version)
         if not versions:
             raise RuntimeError("; ".join(f"{k}: {why}" for k, why in failures.items()))
         update(phase="publishing")
-        winner = self._tournament(versions, failures, policy)
+        winner = self._tournament(versions, failures, policy, serving=early)
         update(version_id=winner.id)
-        return await self._gate(winner, curated.heldout[0], policy)
+        if early is not None and winner.id == early.id:
+            return early
+        gated = await self._gate(winner, probe, policy)
+        if gated.state != "published" and early is not None:
+            update(version_id=early.id)  # the challenger failed its gate: the first serves on
+            return early
+        return gated
+
+    async def _publish_early(
+        self,
+        version: StudentVersion,
+        serving: StudentVersion | None,
+        probe: Example,
+        policy: TaskPolicy,
+    ) -> StudentVersion:
+        """Publish ``version`` at once if it passes the gate and serves more at the target
+        than what this run published before it: a fast kind serves while slower ones
+        train, and a slower one replaces it only by serving a larger share. A version that
+        does not qualify is left a candidate, for the tournament at the end of the run."""
+        if serving is not None and tournament.share_at_target(
+            version
+        ) <= tournament.share_at_target(serving):
+            return version
+        with Session(self.engine) as session:
+            live = registry.active_version(session=session, task=version.task)
+            if live is not None:
+                session.expunge(live)
+        if registry.gate_verdict(version, live, policy) is not None:
+            return version
+        published = await registry.publish(
+            engine=self.engine, backend=self.backend, version=version, probe_messages=probe.messages
+        )
+        if published.state == "published":
+            self.metrics.versions_published.labels(task=version.task, kind=version.kind).inc()
+            log.info(
+                "published v%d (%s) of %s while slower students train",
+                published.number,
+                published.kind,
+                published.task,
+            )
+        return published
 
     def _kinds(self, task: str, curated: CuratedSet) -> list[str]:
         kinds = kinds_for(
@@ -254,12 +305,20 @@ class Pipeline:
         )
 
     def _tournament(
-        self, versions: list[StudentVersion], failures: dict[str, str], policy: TaskPolicy
+        self,
+        versions: list[StudentVersion],
+        failures: dict[str, str],
+        policy: TaskPolicy,
+        *,
+        serving: StudentVersion | None = None,
     ) -> StudentVersion:
-        """The version to put to the gate; the others are rejected with why."""
-        winner = tournament.winner(versions)
+        """The version to put to the gate; the others are rejected with why, except the
+        one this run already published (``serving``): it serves until the winner does, and
+        is retired then. Versions that failed to load when published early are out."""
+        contenders = [v for v in versions if v.state != "rejected"] or versions
+        winner = tournament.winner(contenders)
         for version in versions:
-            if version is not winner:
+            if version is not winner and version is not serving and version.state != "rejected":
                 reason = tournament.loss_reason(version, winner, policy.target_agreement)
                 registry.reject(engine=self.engine, version=version, reason=reason)
         if len(versions) + len(failures) > 1:

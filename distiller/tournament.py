@@ -4,7 +4,9 @@ All candidates were evaluated on the same held-out split. The winner serves the 
 share of held-out traffic at the target agreement (at its calibrated threshold); a tie goes
 to the kind that is cheaper to serve. Only the winner goes on to the publish gate; the
 others stay in the registry, rejected with the figures they lost on, so that an operator
-can see the choice and publish one of them instead.
+can see the choice and publish one of them instead. A kind that trained first and passed
+the gate may already serve (the pipeline publishes it at once); it is retired when the
+winner is published, and serves on if the winner fails its gate.
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
-"""The demo's live view: phase (with the training run's progress), request rate, share on
-the student, agreement, dollars, and p50 latency of each path.
+"""The demo's live view: phase (with the training run's progress, also of a slower
+student training while the first one serves), request rate, share on the student,
+agreement, dollars, and p50 latency of each path.
 
 :func:`render` is the panel a terminal shows; :class:`ProgressLines` is the same as lines
 of plain text for output that is not a terminal (``make demo | tee``, a CI log), where a
@@ -31,14 +32,18 @@ class State:
 
     @property
     def phase(self) -> str:
+        """The task's mode once a version serves, even while a slower student trains on
+        (the tournament publishes the first kind that passes at once); before that, the
+        training run's phase, or capture."""
         task, run = self.task, self.run
+        serving = task is not None and task.get("active_version") is not None
+        if task is not None and serving:
+            if task["mode"] == "live":
+                return f"live {task['cutover_percent']:g}%"
+            return str(task["mode"])
         if run is not None and run["state"] in ("queued", "running"):
             return f"training: {run['phase'] or run['state']}"
-        if task is None or task.get("active_version") is None:
-            return "capturing teacher answers"
-        if task["mode"] == "live":
-            return f"live {task['cutover_percent']:g}%"
-        return str(task["mode"])
+        return "capturing teacher answers"
 
 
 def render(state: State, stats: TrafficStats) -> RenderableType:

@@ -3,6 +3,7 @@ and that the loser stays in the registry with its figures for an operator to cho
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -18,7 +19,8 @@ from core.evaluation import read_evaluation
 from core.settings import Settings
 from core.store import create_store_engine, create_tables, insert_exchanges, queue_training
 from core.tables import ExchangeCreate, StudentHead, StudentVersion, Task, TaskTransition
-from distiller import registry, tournament
+from distiller import candidates, registry, tournament
+from distiller import pipeline as pipeline_module
 from distiller.backends import HttpStudentBackend, StudentReplicas
 from distiller.datasets import clinc150_banking20
 from distiller.pipeline import Pipeline, kinds_for
@@ -321,3 +323,51 @@ async def test_classifier_alone_is_trained_in_seconds_without_a_base_model(
 
 def stored(path: str) -> bool:
     return Path(path).is_file()
+
+
+def serving_kind(line: Pipeline) -> str | None:
+    """The kind of the task's live version, as routing would read it now."""
+    with Session(line.engine) as session:
+        live = registry.active_version(session=session, task=TASK)
+        return live.kind if live is not None else None
+
+
+async def test_the_classifier_serves_while_the_lora_student_trains(
+    pipeline: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    line = pipeline()
+    seen: list[str | None] = []
+
+    def lora_candidate(**arguments: Any) -> Any:
+        seen.append(serving_kind(line))
+        return candidates.lora_candidate(**arguments)
+
+    monkeypatch.setattr(pipeline_module, "lora_candidate", lora_candidate)
+    published = await train(line, intent_pairs())
+
+    assert seen == ["classifier"]
+    assert published is not None
+    assert (published.kind, published.state) == ("classifier", "published")
+
+
+async def test_a_slower_student_serving_more_at_target_replaces_the_first(
+    pipeline: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    line = pipeline()
+
+    def lora_candidate(**arguments: Any) -> Any:
+        trained = candidates.lora_candidate(**arguments)
+        better = dataclasses.replace(
+            trained.evaluation.calibration, threshold=-5.0, retained_share=1.0
+        )
+        evaluation = dataclasses.replace(trained.evaluation, calibration=better)
+        return dataclasses.replace(trained, evaluation=evaluation)
+
+    monkeypatch.setattr(pipeline_module, "lora_candidate", lora_candidate)
+    published = await train(line, intent_pairs())
+
+    assert published is not None
+    assert (published.kind, published.state) == ("lora", "published")
+    classifier, lora = versions(line)
+    assert (classifier.state, lora.state) == ("retired", "published")
+    assert serving_kind(line) == "lora"

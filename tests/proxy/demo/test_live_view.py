@@ -12,7 +12,7 @@ from rich.console import Console
 
 from proxy.demo.run import live_view
 from proxy.demo.traffic import Sample, TrafficStats
-from proxy.demo.view import PROGRESS_EVERY, State
+from proxy.demo.view import PROGRESS_EVERY, ProgressLines, State
 
 
 def run_state(step: int) -> dict[str, Any]:
@@ -101,3 +101,11 @@ def test_each_line_is_written_when_it_happens() -> None:
         state.elapsed, (state.task, state.run) = 12.0, script(12.0)
         show()
         assert "phase: training" in out.getvalue()
+
+
+def test_a_slower_student_training_while_the_first_serves_shows_the_mode_and_its_progress() -> None:
+    state = State(task=live_task(10), run=run_state(7))
+    lines = ProgressLines().lines(state, TrafficStats())
+    assert lines[0].endswith("phase: live 10%")
+    assert "step 7/40" in lines[1]
+    assert "v1 classifier" in lines[1]
