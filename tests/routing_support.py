@@ -17,6 +17,7 @@ from core.classifier import Head
 from core.settings import Settings
 from core.store import create_store_engine, create_tables
 from core.tables import StudentHead, StudentVersion, Task
+from core.tenants import split_task_key
 from distiller.datasets import clinc150_banking20
 from router.policy import load_policies
 
@@ -169,35 +170,42 @@ def clinc_rows(split: str, intents: list[str], per_intent: int) -> list[tuple[st
 
 
 def publish_classifier(
-    database_url: str, head: Head, *, number: int, threshold: float | None
+    database_url: str,
+    head: Head,
+    *,
+    number: int,
+    threshold: float | None,
+    task: str = TASK,
+    retained_share: float = 0.95,
 ) -> str:
-    """Make a classifier version with ``head`` the live version of TASK (as the distiller
-    leaves it); the previous live version is retired."""
+    """Make a classifier version with ``head`` the live version of ``task`` (a task key:
+    its tenant's, see core.tenants), as the distiller leaves it; the previous live
+    version is retired."""
     engine = create_store_engine(database_url)
     create_tables(engine)
     version_id = uuid.uuid4().hex
     with Session(engine) as session:
-        task = session.get(Task, TASK) or Task(name=TASK)
-        if task.active_version_id is not None:
-            previous = session.get(StudentVersion, task.active_version_id)
+        row = session.get(Task, task) or Task(name=task, tenant=split_task_key(task)[1])
+        if row.active_version_id is not None:
+            previous = session.get(StudentVersion, row.active_version_id)
             if previous is not None:
                 previous.state = "retired"
-        task.active_version_id = version_id
-        session.add(task)
+        row.active_version_id = version_id
+        session.add(row)
         session.add(
             StudentVersion(
                 id=version_id,
-                task=TASK,
+                task=task,
                 number=number,
                 kind="classifier",
                 state="published",
                 base_model=head.encoder,
-                adapter_name=f"{TASK}-v{number}",
-                adapter_path=f"/heads/{TASK}/v{number}/head.npz",
+                adapter_name=f"{task}-v{number}",
+                adapter_path=f"/heads/{task}/v{number}/head.npz",
                 metric="label",
                 agreement=0.97,
                 confidence_threshold=threshold,
-                retained_share=0.95,
+                retained_share=retained_share,
                 evaluation={
                     "profile": {
                         "models": ["gpt-4o-mini"],

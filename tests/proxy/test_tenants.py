@@ -28,7 +28,7 @@ from core.embedding import Encoder
 from core.profile import prompt_key
 from core.settings import Settings
 from core.store import create_store_engine, create_tables
-from core.tables import Exchange, StudentHead, StudentVersion, Task
+from core.tables import Exchange, Task
 from core.tenants import key_hash, split_task_key, task_key, unnamed_tenant
 from distiller.backends import HttpStudentBackend, StudentReplicas
 from distiller.classifier import train_classifier
@@ -41,7 +41,7 @@ from proxy.processes.environment import settings_environment
 from conftest import RunningProxy, postgres_database
 from fakes.anthropic import FakeAnthropic
 from fakes.teacher import FakeTeacher
-from routing_support import INTENT_SYSTEM, clinc_rows, clinc_teacher
+from routing_support import INTENT_SYSTEM, clinc_rows, clinc_teacher, publish_classifier
 from servers import ServerThread, stored_exchanges, wait_until
 
 TASK = "ticket-triage"
@@ -64,40 +64,12 @@ def head() -> Head:
 
 
 def publish_head(engine: Engine, key: str, head: Head) -> str:
-    """Make a classifier version with ``head`` the live version of task ``key`` (as the
-    distiller leaves it), answering at a probability of one half or more."""
-    version_id = uuid.uuid4().hex
-    with Session(engine) as session:
-        task = session.get(Task, key) or Task(name=key, tenant=split_task_key(key)[1])
-        task.active_version_id = version_id
-        session.add(task)
-        session.add(
-            StudentVersion(
-                id=version_id,
-                task=key,
-                number=1,
-                kind="classifier",
-                state="published",
-                base_model=head.encoder,
-                adapter_name=f"{key}-v1",
-                adapter_path=f"/heads/{key}/v1/head.npz",
-                metric="label",
-                agreement=0.97,
-                confidence_threshold=math.log(0.5),
-                retained_share=1.0,
-                evaluation={
-                    "profile": {
-                        "models": ["gpt-4o-mini"],
-                        "response_formats": ["text"],
-                        "tools": False,
-                        "max_prompt_chars": 400,
-                    }
-                },
-            )
-        )
-        session.add(StudentHead(version_id=version_id, data=head.to_bytes()))
-        session.commit()
-    return version_id
+    """Make a classifier version with ``head`` the live version of task ``key``, answering
+    at a probability of one half or more."""
+    url = engine.url.render_as_string(hide_password=False)
+    return publish_classifier(
+        url, head, number=1, threshold=math.log(0.5), task=key, retained_share=1.0
+    )
 
 
 def ask(proxy: RunningProxy, key: str | None, text: str, task: str = TASK) -> httpx.Response:
